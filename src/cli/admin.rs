@@ -1,0 +1,232 @@
+//! Admin commands for humans at a shell on the server: tables, approvals, the audit log, config.
+
+use std::io::Write;
+
+use anyhow::{Context, bail};
+
+use super::{AuditCommand, Command, ConfigCommand, IdentitiesCommand, ProposalsCommand};
+use crate::authz::{Principal, Scope};
+use crate::config::{Config, DatabaseConfig};
+use crate::engine::{Caller, Engine, IdentityQuery, ProposalQuery};
+use crate::model::{ProposalId, ProposalStatus};
+
+/// The principal the CLI reads as (writes name the approver instead).
+fn cli_reader() -> Principal {
+    Principal::new("cli:local", [Scope::Read])
+}
+
+pub async fn run(config: Config, command: Command) -> anyhow::Result<()> {
+    let engine = Engine::open(&config).await?;
+    let result = dispatch(&engine, &config, command).await;
+    engine.store().close().await;
+    result
+}
+
+async fn dispatch(engine: &Engine, config: &Config, command: Command) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Identities {
+            command: IdentitiesCommand::List { provider, finding },
+        } => {
+            let caller = Caller::new(
+                &cli_reader(),
+                "identities list",
+                serde_json::json!({"provider": provider, "finding": finding}),
+            );
+            let mut query = IdentityQuery {
+                provider,
+                finding,
+                limit: Some(500),
+                ..Default::default()
+            };
+            writeln!(
+                out,
+                "{:<52} {:<16} {:<24} {:<8} {:<11} FINDINGS",
+                "ID", "KIND", "OWNER", "ENV", "LAST USED"
+            )?;
+            loop {
+                let page = engine.list_identities(&caller, query.clone()).await?;
+                for i in &page.items {
+                    writeln!(
+                        out,
+                        "{:<52} {:<16} {:<24} {:<8} {:<11} {}",
+                        i.id,
+                        i.kind.as_str(),
+                        i.owner.as_deref().unwrap_or("-"),
+                        i.environment.as_deref().unwrap_or("-"),
+                        i.last_used_at
+                            .map_or("never".to_owned(), |t| t.format("%Y-%m-%d").to_string()),
+                        i.findings.join(",")
+                    )?;
+                }
+                match page.next_cursor {
+                    Some(c) => query.cursor = Some(c),
+                    None => break,
+                }
+            }
+        }
+        Command::Proposals {
+            command: ProposalsCommand::List { status },
+        } => {
+            let status = status
+                .map(|s| ProposalStatus::parse(&s).with_context(|| format!("unknown status `{s}`")))
+                .transpose()?;
+            let mut query = ProposalQuery {
+                status,
+                limit: Some(500),
+                ..Default::default()
+            };
+            writeln!(
+                out,
+                "{:<38} {:<17} {:<7} {:<48} REQUESTER",
+                "ID", "STATUS", "ACTION", "IDENTITY"
+            )?;
+            loop {
+                let page = engine.proposals_page(&query).await?;
+                for p in &page.items {
+                    writeln!(
+                        out,
+                        "{:<38} {:<17} {:<7} {:<48} {}",
+                        p.body.id,
+                        p.status.as_str(),
+                        p.body.action.as_str(),
+                        p.body.identity_id,
+                        p.body.requester
+                    )?;
+                }
+                match page.next_cursor {
+                    Some(c) => query.cursor = Some(c),
+                    None => break,
+                }
+            }
+        }
+        Command::Proposals {
+            command: ProposalsCommand::Show { proposal_id },
+        } => {
+            let id = ProposalId::parse(&proposal_id).map_err(|e| anyhow::anyhow!(e.0))?;
+            let p = engine.proposal(&id).await?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&p)?)?;
+        }
+        Command::Approve {
+            proposal_id,
+            approver,
+        } => {
+            let id = ProposalId::parse(&proposal_id).map_err(|e| anyhow::anyhow!(e.0))?;
+            let result = engine.approve(&approver, &id).await?;
+            match result.token {
+                Some(token) => {
+                    eprintln!(
+                        "approved {id}; the token below is valid until {} and works once",
+                        result.proposal.deadline.to_rfc3339()
+                    );
+                    writeln!(out, "{token}")?;
+                }
+                None => eprintln!(
+                    "approval {} of {} recorded for {id}; the token is issued with the last approval",
+                    result.proposal.approvals.len(),
+                    result.proposal.body.required_approvals
+                ),
+            }
+        }
+        Command::Reject {
+            proposal_id,
+            approver,
+            reason,
+        } => {
+            let id = ProposalId::parse(&proposal_id).map_err(|e| anyhow::anyhow!(e.0))?;
+            engine.reject(&approver, &id, &reason).await?;
+            eprintln!("rejected {id}");
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let records = engine.store().audit_records().await?;
+            let (n, head) = crate::audit::verify(&records)?;
+            writeln!(out, "audit chain intact: {n} records; head {head}")?;
+        }
+        Command::Audit {
+            command: AuditCommand::Export { output },
+        } => {
+            let records = engine.store().audit_records().await?;
+            let mut sink: Box<dyn Write> = match &output {
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                )),
+                None => Box::new(out),
+            };
+            for r in &records {
+                writeln!(sink, "{}", serde_json::to_string(r)?)?;
+            }
+            sink.flush()?;
+            if output.is_some() {
+                eprintln!("exported {} audit records", records.len());
+            }
+        }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => check(engine, config, &mut out).await?,
+        Command::Serve { .. } | Command::Tools { .. } => bail!("not an admin command"),
+    }
+    Ok(())
+}
+
+async fn check(engine: &Engine, config: &Config, out: &mut impl Write) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "config: {}",
+        config
+            .source
+            .as_ref()
+            .map_or("(none: embedded demo defaults)".to_owned(), |p| p
+                .display()
+                .to_string())
+    )?;
+    writeln!(out, "data dir: {}", config.data_dir.display())?;
+    match &config.database {
+        DatabaseConfig::Sqlite(p) => writeln!(out, "database: sqlite {}", p.display())?,
+    }
+    writeln!(
+        out,
+        "approval key: {} (EdDSA), tokens valid {}",
+        config.approval.key_file.display(),
+        humantime::format_duration(config.approval.token_ttl)
+    )?;
+    writeln!(
+        out,
+        "stdio principal: {} [{}]",
+        config.stdio_principal.id,
+        config.stdio_principal.scope_list().join(", ")
+    )?;
+    let caller = Caller::new(&cli_reader(), "config check", serde_json::Value::Null);
+    for name in engine.provider_names() {
+        let query = IdentityQuery {
+            provider: Some(name.clone()),
+            limit: Some(500),
+            ..Default::default()
+        };
+        match engine.list_identities(&caller, query).await {
+            Ok(page) => writeln!(
+                out,
+                "provider {name}: ok, {} identities{}; can rotate and revoke",
+                page.items.len(),
+                if page.next_cursor.is_some() {
+                    " (first 500)"
+                } else {
+                    ""
+                }
+            )?,
+            Err(e) => writeln!(out, "provider {name}: NOT OK: {e}")?,
+        }
+    }
+    let t = engine.thresholds();
+    writeln!(
+        out,
+        "findings: unused_days = {}, max_credential_age_days = {}",
+        t.unused_days, t.max_credential_age_days
+    )?;
+    for w in t.warnings() {
+        writeln!(out, "warning: {w}")?;
+    }
+    Ok(())
+}

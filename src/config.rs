@@ -1,0 +1,583 @@
+//! Configuration: the TOML file, environment and flags turned into one validated `Config`, once,
+//! at start-up. Secrets are referenced (`*_env`, `*_file`), never inline. Unknown keys are errors.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::authz::{Principal, Scope};
+use crate::model::{ProviderName, Thresholds, quote_input};
+
+/// The embedded demo inventories, used when no config names providers.
+pub const DEMO_INVENTORIES: [(&str, &str); 4] = [
+    ("demo-aws", include_str!("../examples/inventory/aws.toml")),
+    (
+        "demo-postgres",
+        include_str!("../examples/inventory/postgres.toml"),
+    ),
+    (
+        "demo-github",
+        include_str!("../examples/inventory/github.toml"),
+    ),
+    ("demo-k8s", include_str!("../examples/inventory/k8s.toml")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+    #[error("config: cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What the command line and environment say; these win over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    stdio: Option<RawStdio>,
+    http: Option<RawHttp>,
+    auth: Option<RawAuth>,
+    policy: Option<RawPolicy>,
+    approval: Option<RawApproval>,
+    findings: Option<RawFindings>,
+    #[serde(default)]
+    providers: Vec<RawProvider>,
+    debug: Option<RawDebug>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStdio {
+    principal: Option<String>,
+    scopes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<String>,
+    resource: Option<String>,
+    allowed_hosts: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
+    principal: Option<String>,
+    scopes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    dead_code,
+    reason = "parsed so that the documented keys are accepted; see validate"
+)]
+struct RawAuth {
+    issuer: Option<String>,
+    audience: Option<String>,
+    jwks_uri: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    dead_code,
+    reason = "parsed so that the documented keys are accepted; see validate"
+)]
+struct RawPolicy {
+    files: Option<Vec<PathBuf>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApproval {
+    token_ttl: Option<String>,
+    proposal_ttl: Option<String>,
+    key_file: Option<PathBuf>,
+    required_approvals: Option<u32>,
+    issuer: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFindings {
+    unused_days: Option<u32>,
+    max_credential_age_days: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    dead_code,
+    reason = "keys of provider kinds that are not built yet are accepted and refused in validate"
+)]
+struct RawProvider {
+    name: String,
+    kind: String,
+    path: Option<PathBuf>,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    url_env: Option<String>,
+    url_file: Option<PathBuf>,
+    sink: Option<RawSink>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    kind: String,
+    #[allow(
+        dead_code,
+        reason = "used by the aws_secretsmanager sink, which is not built yet"
+    )]
+    prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDebug {
+    step_pause: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum DatabaseConfig {
+    Sqlite(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub enum InventorySource {
+    File(PathBuf),
+    /// One of `DEMO_INVENTORIES`.
+    Embedded(&'static str),
+}
+
+#[derive(Debug, Clone)]
+pub enum ProviderKind {
+    Inventory { source: InventorySource },
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: ProviderName,
+    pub kind: ProviderKind,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
+    /// Until bearer authentication lands, every HTTP caller is this principal.
+    pub principal: Principal,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApprovalConfig {
+    pub token_ttl: Duration,
+    pub proposal_ttl: Duration,
+    pub key_file: PathBuf,
+    pub required_approvals: u32,
+    pub issuer: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file the config came from, if any.
+    pub source: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    pub database: DatabaseConfig,
+    pub stdio_principal: Principal,
+    pub http: HttpConfig,
+    pub approval: ApprovalConfig,
+    pub thresholds: Thresholds,
+    pub providers: Vec<ProviderConfig>,
+    /// Pause before each execution step; for crash testing only.
+    pub step_pause: Duration,
+}
+
+impl Config {
+    /// Reads the file named by the overrides (if any) and validates everything.
+    pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
+        match &overrides.config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Self::from_toml(&text, Some(path), overrides)
+            }
+            None => Self::from_toml("", None, overrides),
+        }
+    }
+
+    /// Parses and validates `text`; `path` names the file in errors and anchors relative paths.
+    pub fn from_toml(
+        text: &str,
+        path: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let file = path.map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string());
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            message: toml_error_line(text, &e),
+            file: file.clone(),
+        })?;
+        let base = path
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        validate(raw, &base, path, overrides)
+    }
+}
+
+/// One line from a TOML error: `line N: message`.
+pub fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {message}")
+        }
+        None => message,
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(message.into())
+}
+
+fn parse_scopes(key: &str, raw: &[String]) -> Result<Vec<Scope>, ConfigError> {
+    raw.iter()
+        .map(|s| Scope::parse(s).map_err(|e| invalid(format!("`{key}`: {e}"))))
+        .collect()
+}
+
+fn parse_duration(key: &str, raw: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(raw).map_err(|e| {
+        invalid(format!(
+            "`{key}` = {} is not a duration like `15m` or `24h`: {e}",
+            quote_input(raw)
+        ))
+    })
+}
+
+fn default_data_dir() -> Result<PathBuf, ConfigError> {
+    directories::ProjectDirs::from("", "", "nhi-mcp")
+        .map(|d| d.data_dir().to_path_buf())
+        .ok_or_else(|| invalid("no home directory to put the data dir in; pass `--data-dir`"))
+}
+
+fn validate(
+    raw: RawConfig,
+    base: &Path,
+    source: Option<&Path>,
+    overrides: &Overrides,
+) -> Result<Config, ConfigError> {
+    if raw.auth.is_some() {
+        return Err(invalid(
+            "`[auth]`: bearer-token authentication is not available in this version; remove the section (HTTP serves loopback only)",
+        ));
+    }
+    if raw.policy.is_some() {
+        return Err(invalid(
+            "`[policy]`: Cedar policies are not available in this version; remove the section",
+        ));
+    }
+    let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+    let data_dir = match (&overrides.data_dir, raw.data_dir) {
+        (Some(flag), _) => flag.clone(),
+        (None, Some(file)) => resolve(file),
+        (None, None) => default_data_dir()?,
+    };
+    let database = match raw.database_url.as_deref() {
+        None => DatabaseConfig::Sqlite(data_dir.join("nhi-mcp.sqlite3")),
+        Some(url) if url.starts_with("sqlite:") => {
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
+            DatabaseConfig::Sqlite(resolve(PathBuf::from(path)))
+        }
+        Some(url) if url.starts_with("postgres") => {
+            return Err(invalid(
+                "`database_url`: PostgreSQL is not available in this version; omit it to use SQLite in the data dir",
+            ));
+        }
+        Some(_) => {
+            return Err(invalid(
+                "`database_url` must start with `sqlite:` (the value is not shown: it may hold a password)",
+            ));
+        }
+    };
+
+    let stdio = raw.stdio.unwrap_or(RawStdio {
+        principal: None,
+        scopes: None,
+    });
+    let default_scopes = vec![Scope::Read, Scope::Propose, Scope::Apply];
+    let stdio_principal = principal(
+        "stdio",
+        stdio.principal,
+        stdio.scopes,
+        default_scopes.clone(),
+    )?;
+
+    let http = raw.http.unwrap_or(RawHttp {
+        listen: None,
+        resource: None,
+        allowed_hosts: None,
+        allowed_origins: None,
+        principal: None,
+        scopes: None,
+    });
+    let listen_raw = http.listen.as_deref().unwrap_or("127.0.0.1:8080");
+    let listen: SocketAddr = listen_raw.parse().map_err(|_| {
+        invalid(format!(
+            "`http.listen` = {} is not an address like `127.0.0.1:8080`",
+            quote_input(listen_raw)
+        ))
+    })?;
+    let _ = http.resource;
+    let http = HttpConfig {
+        listen,
+        allowed_hosts: http
+            .allowed_hosts
+            .unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]),
+        allowed_origins: http.allowed_origins.unwrap_or_default(),
+        principal: principal("http", http.principal, http.scopes, default_scopes)?,
+    };
+
+    let approval = raw.approval.unwrap_or(RawApproval {
+        token_ttl: None,
+        proposal_ttl: None,
+        key_file: None,
+        required_approvals: None,
+        issuer: None,
+    });
+    let token_ttl = parse_duration(
+        "approval.token_ttl",
+        approval.token_ttl.as_deref().unwrap_or("15m"),
+    )?;
+    if token_ttl < Duration::from_secs(10) || token_ttl > Duration::from_secs(24 * 3600) {
+        return Err(invalid("`approval.token_ttl` must be between 10s and 24h"));
+    }
+    let proposal_ttl = parse_duration(
+        "approval.proposal_ttl",
+        approval.proposal_ttl.as_deref().unwrap_or("24h"),
+    )?;
+    if proposal_ttl < Duration::from_secs(60) || proposal_ttl > Duration::from_secs(30 * 86400) {
+        return Err(invalid(
+            "`approval.proposal_ttl` must be between 1m and 30d",
+        ));
+    }
+    let required_approvals = approval.required_approvals.unwrap_or(1);
+    if !(1..=5).contains(&required_approvals) {
+        return Err(invalid(
+            "`approval.required_approvals` must be between 1 and 5",
+        ));
+    }
+    let approval = ApprovalConfig {
+        token_ttl,
+        proposal_ttl,
+        key_file: approval
+            .key_file
+            .map(resolve)
+            .unwrap_or_else(|| data_dir.join("approval.key")),
+        required_approvals,
+        issuer: approval.issuer.unwrap_or_else(|| "nhi-mcp".to_owned()),
+    };
+
+    let findings = raw.findings.unwrap_or(RawFindings {
+        unused_days: None,
+        max_credential_age_days: None,
+    });
+    let defaults = Thresholds::default();
+    let thresholds = Thresholds {
+        unused_days: findings.unused_days.unwrap_or(defaults.unused_days),
+        max_credential_age_days: findings
+            .max_credential_age_days
+            .unwrap_or(defaults.max_credential_age_days),
+    };
+    if thresholds.unused_days == 0 || thresholds.max_credential_age_days == 0 {
+        return Err(invalid("`[findings]` thresholds must be at least 1 day"));
+    }
+
+    let mut providers = Vec::new();
+    for (i, p) in raw.providers.into_iter().enumerate() {
+        let at = format!("`providers[{i}]`");
+        let name = ProviderName::parse(&p.name).map_err(|e| invalid(format!("{at}: {e}")))?;
+        if providers.iter().any(|q: &ProviderConfig| q.name == name) {
+            return Err(invalid(format!(
+                "{at}: provider name `{name}` is used twice"
+            )));
+        }
+        let kind = match p.kind.as_str() {
+            "inventory" => {
+                let path = p
+                    .path
+                    .ok_or_else(|| invalid(format!("{at}: kind `inventory` needs `path`")))?;
+                if let Some(sink) = &p.sink
+                    && sink.kind != "file"
+                {
+                    return Err(invalid(format!(
+                        "{at}: the inventory provider delivers to the `file` sink only, not {}",
+                        quote_input(&sink.kind)
+                    )));
+                }
+                ProviderKind::Inventory {
+                    source: InventorySource::File(resolve(path)),
+                }
+            }
+            "aws_iam" | "postgres" => {
+                return Err(invalid(format!(
+                    "{at}: provider kind `{}` is not available in this version",
+                    p.kind
+                )));
+            }
+            other => {
+                return Err(invalid(format!(
+                    "{at}: unknown provider kind {}; known kinds: inventory, aws_iam, postgres",
+                    quote_input(other)
+                )));
+            }
+        };
+        providers.push(ProviderConfig { name, kind });
+    }
+    if providers.is_empty() {
+        for (name, _) in DEMO_INVENTORIES {
+            providers.push(ProviderConfig {
+                name: ProviderName::parse(name).map_err(|e| invalid(e.0))?,
+                kind: ProviderKind::Inventory {
+                    source: InventorySource::Embedded(name),
+                },
+            });
+        }
+    }
+
+    let step_pause = match raw.debug.and_then(|d| d.step_pause) {
+        Some(raw) => parse_duration("debug.step_pause", &raw)?,
+        None => Duration::ZERO,
+    };
+
+    Ok(Config {
+        source: source.map(Path::to_path_buf),
+        data_dir,
+        database,
+        stdio_principal,
+        http,
+        approval,
+        thresholds,
+        providers,
+        step_pause,
+    })
+}
+
+fn principal(
+    section: &str,
+    id: Option<String>,
+    scopes: Option<Vec<String>>,
+    default_scopes: Vec<Scope>,
+) -> Result<Principal, ConfigError> {
+    let id = id.unwrap_or_else(|| "agent:local".to_owned());
+    crate::model::ids::check_free_text(&format!("`{section}.principal`"), &id, 128)
+        .map_err(|e| invalid(e.0))?;
+    let scopes = match scopes {
+        Some(raw) => parse_scopes(&format!("{section}.scopes"), &raw)?,
+        None => default_scopes,
+    };
+    if scopes.contains(&Scope::Approve) {
+        return Err(invalid(format!(
+            "`{section}.scopes`: `nhi:approve` is for humans on a separate channel, never for an MCP client"
+        )));
+    }
+    Ok(Principal::new(id, scopes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, String> {
+        let overrides = Overrides {
+            config_file: None,
+            data_dir: Some(PathBuf::from("/tmp/nhi-test")),
+        };
+        Config::from_toml(text, Some(Path::new("/etc/nhi/config.toml")), &overrides)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_use_the_demo_inventory_and_sqlite() {
+        let c = load("").unwrap();
+        assert_eq!(c.providers.len(), 4);
+        assert_eq!(c.approval.token_ttl, Duration::from_secs(900));
+        assert_eq!(
+            c.stdio_principal.scope_list(),
+            vec!["nhi:read", "nhi:propose", "nhi:apply"]
+        );
+        assert!(
+            matches!(c.database, DatabaseConfig::Sqlite(ref p) if p.starts_with("/tmp/nhi-test"))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_line_and_key() {
+        let check = |text: &str, expected: &[&str]| {
+            let err = load(text).unwrap_err();
+            assert!(!err.contains('\n'), "{err}");
+            for e in expected {
+                assert!(err.contains(e), "`{err}` lacks `{e}`");
+            }
+        };
+        check(
+            "[findings]\nunused_dayz = 3\n",
+            &["/etc/nhi/config.toml", "line 2", "unused_dayz"],
+        );
+        check(
+            "[approval]\ntoken_ttl = \"soon\"\n",
+            &["approval.token_ttl", "soon"],
+        );
+        check(
+            "[stdio]\nscopes = [\"nhi:root\"]\n",
+            &["stdio.scopes", "nhi:root"],
+        );
+        check("[stdio]\nscopes = [\"nhi:approve\"]\n", &["humans"]);
+        check(
+            "[[providers]]\nname = \"x\"\nkind = \"ldap\"\n",
+            &["providers[0]", "ldap"],
+        );
+        check(
+            "[[providers]]\nname = \"x\"\nkind = \"inventory\"\n",
+            &["needs `path`"],
+        );
+        check("database_url = \"mysql://u:hunter2@h\"\n", &["sqlite:"]);
+        assert!(
+            !load("database_url = \"mysql://u:hunter2@h\"\n")
+                .unwrap_err()
+                .contains("hunter2")
+        );
+    }
+
+    #[test]
+    fn relative_paths_are_anchored_at_the_config_file() {
+        let c = load("[[providers]]\nname = \"mine\"\nkind = \"inventory\"\npath = \"inv.toml\"\n")
+            .unwrap();
+        let ProviderKind::Inventory {
+            source: InventorySource::File(p),
+        } = &c.providers[0].kind
+        else {
+            panic!("not a file inventory");
+        };
+        assert_eq!(p, Path::new("/etc/nhi/inv.toml"));
+    }
+}

@@ -1,0 +1,397 @@
+//! Executing an approved plan step by step, and picking up where a stopped process left off.
+//!
+//! Before each external call an intent row is written, after it an outcome row, each in its own
+//! committed transaction with its audit record. A crash therefore leaves an intent without an
+//! outcome, which `recover` finds on the next start: it undoes that step if it can have left
+//! half-made state (a created credential whose secret never reached the sink) and resumes.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::{ApprovedPlan, Engine, EngineError, Result, with_timeout};
+use crate::audit::{AuditEntry, Decision};
+use crate::model::proposal::{StepPhase, StepRecord, StepStatus};
+use crate::model::{PlanStep, Proposal, ProposalId, ProposalStatus, StepAction};
+use crate::providers::{ProviderError, StepResult};
+
+/// Attempts of one step against an unavailable provider before the proposal fails.
+const MAX_ATTEMPTS: usize = 5;
+const RETRY_AFTER: chrono::Duration = chrono::Duration::seconds(30);
+
+/// The principal execution records are written as.
+const SYSTEM: &str = "nhi-mcp";
+
+fn step_entry(p: &Proposal, step: &PlanStep, decision: Decision, outcome: &str) -> AuditEntry {
+    AuditEntry::new(
+        SYSTEM,
+        "execute_step",
+        &json!({"proposal_id": p.body.id, "step": step.index, "description": step.description}),
+        decision,
+    )
+    .proposal(p.body.id.as_str())
+    .outcome(outcome)
+}
+
+fn record(
+    index: u32,
+    phase: StepPhase,
+    status: StepStatus,
+    detail: impl Into<String>,
+) -> StepRecord {
+    StepRecord {
+        index,
+        phase,
+        status,
+        detail: detail.into(),
+        at: Utc::now(),
+    }
+}
+
+impl Engine {
+    async fn reload(&self, id: &ProposalId) -> Result<Proposal> {
+        self.store
+            .proposal(id)
+            .await?
+            .ok_or_else(|| EngineError::Internal(format!("proposal `{id}` vanished")))
+    }
+
+    /// Runs the remaining steps of an `applying` proposal, stopping early when a step must wait
+    /// for the grace period. Returns the proposal as it then stands.
+    pub(super) async fn execute(&self, proposal: &Proposal) -> Result<Proposal> {
+        let plan = ApprovedPlan::of_applying(proposal).ok_or_else(|| {
+            EngineError::Internal(format!("proposal `{}` is not applying", proposal.body.id))
+        })?;
+        let provider = self.provider_for(plan.identity_id())?.clone();
+        let id = proposal.body.id.clone();
+        let mut p = proposal.clone();
+        loop {
+            let done = p.completed_steps();
+            let Some(step) = p
+                .body
+                .plan
+                .iter()
+                .find(|s| !done.contains(&s.index))
+                .cloned()
+            else {
+                return self.finish_applied(&p).await;
+            };
+            if step.after_grace {
+                let due = grace_due(&p, &plan);
+                if Utc::now() < due {
+                    let mut tx = self.store.begin().await?;
+                    let note = format!(
+                        "waiting for the grace period: the old credential stays valid until {}",
+                        due.to_rfc3339()
+                    );
+                    tx.set_progress(&id, Some(&note), None, Some(due)).await?;
+                    tx.commit().await?;
+                    return self.reload(&id).await;
+                }
+            }
+            if !self.step_pause.is_zero() {
+                tokio::time::sleep(self.step_pause).await;
+            }
+            let mut tx = self.store.begin().await?;
+            tx.record_step(
+                &id,
+                &record(
+                    step.index,
+                    StepPhase::Intent,
+                    StepStatus::Started,
+                    &step.description,
+                ),
+            )
+            .await?;
+            tx.set_progress(&id, None, None, None).await?;
+            tx.commit().await?;
+
+            let result =
+                with_timeout(provider.apply_step(&plan, &step), provider.name().as_str()).await;
+            let outcome = match result {
+                Ok(StepResult::Created {
+                    credential_id,
+                    secret,
+                }) => {
+                    match self
+                        .sink
+                        .put(&id, plan.identity_id(), &credential_id, &secret)
+                        .await
+                    {
+                        Ok(sink_ref) => Ok((
+                            format!(
+                                "created credential `{credential_id}`; its secret is in {sink_ref}"
+                            ),
+                            Some(sink_ref),
+                        )),
+                        Err(e) => {
+                            // The secret exists nowhere else: undo the credential rather than leave it.
+                            let undo = provider.rollback_step(&plan, &step).await;
+                            Err(EngineError::Provider(ProviderError::Unavailable {
+                                provider: provider.name().to_string(),
+                                message: format!(
+                                    "{e}; the new credential was {}",
+                                    if undo.is_ok() {
+                                        "removed"
+                                    } else {
+                                        "NOT removed (recovery will retry)"
+                                    }
+                                ),
+                            }))
+                        }
+                    }
+                }
+                Ok(StepResult::Done { detail }) => Ok((detail, None)),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok((detail, sink_ref)) => {
+                    let mut tx = self.store.begin().await?;
+                    tx.record_step(
+                        &id,
+                        &record(
+                            step.index,
+                            StepPhase::Outcome,
+                            StepStatus::Succeeded,
+                            &detail,
+                        ),
+                    )
+                    .await?;
+                    tx.set_progress(&id, None, sink_ref.as_deref(), None)
+                        .await?;
+                    tx.append_audit(step_entry(&p, &step, Decision::Allow, &detail))
+                        .await?;
+                    tx.commit().await?;
+                }
+                Err(e) => return Err(self.step_failed(&p, &plan, &step, e).await),
+            }
+            p = self.reload(&id).await?;
+        }
+    }
+
+    async fn finish_applied(&self, p: &Proposal) -> Result<Proposal> {
+        let id = &p.body.id;
+        let mut tx = self.store.begin().await?;
+        if tx
+            .transition(id, ProposalStatus::Applying, ProposalStatus::Applied)
+            .await?
+        {
+            let summary = match p.body.action {
+                crate::model::Action::Rotate => {
+                    "applied: new credential delivered, old credential deactivated and deleted"
+                }
+                crate::model::Action::Revoke => {
+                    "applied: credentials deactivated and sign-in disabled"
+                }
+            };
+            let note = match p.outcome.as_deref() {
+                Some(prev) if prev.starts_with("recovered") => format!("{summary} ({prev})"),
+                _ => summary.to_owned(),
+            };
+            tx.set_progress(id, Some(&note), None, None).await?;
+            tx.append_audit(
+                AuditEntry::new(
+                    SYSTEM,
+                    "execute",
+                    &json!({"proposal_id": id}),
+                    Decision::Allow,
+                )
+                .proposal(id.as_str())
+                .outcome("applied"),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.reload(id).await
+    }
+
+    /// Records a failed step. A provider that is unavailable gets the step retried later (the
+    /// proposal stays `applying`); anything else fails the proposal. Returns the error to report.
+    async fn step_failed(
+        &self,
+        p: &Proposal,
+        plan: &ApprovedPlan,
+        step: &PlanStep,
+        err: EngineError,
+    ) -> EngineError {
+        let id = &p.body.id;
+        let attempts = 1 + p
+            .execution
+            .iter()
+            .filter(|r| {
+                r.index == step.index
+                    && r.phase == StepPhase::Outcome
+                    && r.status == StepStatus::Failed
+            })
+            .count();
+        let transient = matches!(
+            err,
+            EngineError::Provider(ProviderError::Unavailable { .. })
+        );
+        let result = async {
+            let mut tx = self.store.begin().await?;
+            if transient && attempts < MAX_ATTEMPTS {
+                let retry_at = Utc::now() + RETRY_AFTER * i32::try_from(attempts).unwrap_or(1);
+                let detail = format!(
+                    "attempt {attempts} failed: {err}; retrying at {}",
+                    retry_at.to_rfc3339()
+                );
+                tx.record_step(
+                    id,
+                    &record(step.index, StepPhase::Outcome, StepStatus::Failed, &detail),
+                )
+                .await?;
+                tx.set_progress(id, Some(&detail), None, Some(retry_at))
+                    .await?;
+                tx.append_audit(step_entry(p, step, Decision::Error, &detail))
+                    .await?;
+            } else {
+                let detail = format!("step {} failed: {err}", step.index);
+                tx.record_step(
+                    id,
+                    &record(step.index, StepPhase::Outcome, StepStatus::Failed, &detail),
+                )
+                .await?;
+                tx.transition(id, ProposalStatus::Applying, ProposalStatus::Failed)
+                    .await?;
+                let done: Vec<String> = p.completed_steps().iter().map(|i| i.to_string()).collect();
+                let note = format!(
+                    "failed at step {}: {err}; steps completed before it: [{}]",
+                    step.index,
+                    done.join(", ")
+                );
+                tx.set_progress(id, Some(&note), None, None).await?;
+                tx.append_audit(step_entry(p, step, Decision::Error, &note))
+                    .await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, proposal = %id, "cannot record a failed step");
+        }
+        let _ = plan;
+        err
+    }
+
+    /// On start: every proposal a stopped process left `applying` mid-step is rolled back at the
+    /// interrupted step (where that step can leave half-made state) and resumed. Returns what was
+    /// done, per proposal.
+    pub async fn recover(&self) -> Result<Vec<(ProposalId, String)>> {
+        let mut report = Vec::new();
+        for id in self.store.interrupted().await? {
+            let p = self.reload(&id).await?;
+            let Some(plan) = ApprovedPlan::of_applying(&p) else {
+                continue;
+            };
+            let provider = self.provider_for(plan.identity_id())?.clone();
+            let note = match p
+                .interrupted_step()
+                .and_then(|i| p.body.plan.iter().find(|s| s.index == i))
+            {
+                Some(step) => {
+                    let undo = with_timeout(
+                        provider.rollback_step(&plan, step),
+                        provider.name().as_str(),
+                    )
+                    .await;
+                    let detail = match &undo {
+                        Ok(d) => format!("interrupted by a stop; rolled back: {d}"),
+                        Err(e) => format!("interrupted by a stop; rollback failed: {e}"),
+                    };
+                    let mut tx = self.store.begin().await?;
+                    tx.record_step(
+                        &id,
+                        &record(
+                            step.index,
+                            StepPhase::Outcome,
+                            StepStatus::RolledBack,
+                            &detail,
+                        ),
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    undo?;
+                    format!(
+                        "recovered after a restart: step {} ({}) was interrupted, rolled back and run again",
+                        step.index,
+                        step_kind(step)
+                    )
+                }
+                None => "recovered after a restart: resumed at the next step".to_owned(),
+            };
+            let mut tx = self.store.begin().await?;
+            tx.set_progress(&id, Some(&note), None, None).await?;
+            tx.append_audit(
+                AuditEntry::new(
+                    SYSTEM,
+                    "recover",
+                    &json!({"proposal_id": id}),
+                    Decision::Allow,
+                )
+                .proposal(id.as_str())
+                .outcome(&note),
+            )
+            .await?;
+            tx.commit().await?;
+            tracing::warn!(proposal = %id, "{note}");
+            let p = self.reload(&id).await?;
+            let result = match self.execute(&p).await {
+                Ok(done) => format!("{note}; now {}", done.status.as_str()),
+                Err(e) => format!("{note}; then: {e}"),
+            };
+            report.push((id, result));
+        }
+        Ok(report)
+    }
+
+    /// Periodic work: expire overdue proposals and run steps whose time has come.
+    pub async fn tick(&self) -> Result<()> {
+        let now = Utc::now();
+        for id in self
+            .store
+            .overdue(ProposalStatus::PendingApproval, now)
+            .await?
+        {
+            self.expire(
+                &id,
+                ProposalStatus::PendingApproval,
+                "not approved before its deadline",
+            )
+            .await?;
+        }
+        for id in self.store.overdue(ProposalStatus::Approved, now).await? {
+            self.expire(
+                &id,
+                ProposalStatus::Approved,
+                "approval expired before it was applied",
+            )
+            .await?;
+        }
+        for id in self.store.due_steps(now).await? {
+            let p = self.reload(&id).await?;
+            if let Err(e) = self.execute(&p).await {
+                tracing::warn!(proposal = %id, error = %e, "scheduled step did not complete");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn step_kind(step: &PlanStep) -> &'static str {
+    match step.action {
+        StepAction::CreateCredential { .. } => "create credential",
+        StepAction::DeactivateCredential { .. } => "deactivate credential",
+        StepAction::DeleteCredential { .. } => "delete credential",
+        StepAction::DisableSignIn => "disable sign-in",
+    }
+}
+
+/// When the steps after the grace period may run: the grace after the first step succeeded.
+fn grace_due(p: &Proposal, plan: &ApprovedPlan) -> DateTime<Utc> {
+    let started = p
+        .execution
+        .iter()
+        .find(|r| r.phase == StepPhase::Outcome && r.status == StepStatus::Succeeded)
+        .map_or_else(Utc::now, |r| r.at);
+    started + chrono::Duration::from_std(plan.grace()).unwrap_or_default()
+}

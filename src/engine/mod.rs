@@ -1,0 +1,327 @@
+//! The use cases. Every call goes: authorize (scopes) → store / provider → audit.
+//! Transports and tool handlers call in here and stay thin; this module knows nothing of MCP,
+//! HTTP or SQL.
+
+mod cursor;
+mod execute;
+mod query;
+mod workflow;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::audit::{AuditEntry, Decision};
+use crate::authz::{ApprovalKey, Principal, Scope};
+use crate::config::{Config, ProviderKind};
+use crate::model::{
+    Action, Identity, IdentityId, Proposal, ProposalId, ProposalStatus, Thresholds,
+};
+use crate::providers::inventory::InventoryProvider;
+use crate::providers::sink::{FileSink, SecretSink};
+use crate::providers::{Provider, ProviderError};
+use crate::store::{Store, StoreError};
+
+pub use cursor::Page;
+pub use query::{
+    FindingQuery, FindingsPage, FindingsSummary, IdentityDetail, IdentityQuery, IdentitySummary,
+};
+pub use workflow::{ApprovalOutcome, ApproveResult, ProposalQuery, ProposeOutcome, RevokeOutcome};
+
+/// How long one provider call may take before it counts as unavailable.
+const PROVIDER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors the engine answers with. The transport decides how each is shown; none carries
+/// secret material.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Malformed arguments: the caller must fix the call.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Unknown, or hidden from the caller: the two are answered alike.
+    #[error("{0}")]
+    NotFound(String),
+    #[error("this call needs the `{scope}` scope, which `{principal}` does not hold")]
+    MissingScope { scope: Scope, principal: String },
+    /// The request is well-formed but refused (token checks, state conflicts); the message says why.
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Provider(#[from] ProviderError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<crate::model::InvalidInput> for EngineError {
+    fn from(e: crate::model::InvalidInput) -> Self {
+        Self::InvalidArgument(e.0)
+    }
+}
+
+impl EngineError {
+    fn decision(&self) -> Decision {
+        match self {
+            Self::MissingScope { .. } | Self::Refused(_) => Decision::Deny,
+            _ => Decision::Error,
+        }
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Who is calling which tool with which arguments, for authorization and the audit record.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    pub tool: String,
+    pub arguments: Value,
+}
+
+impl Caller {
+    pub fn new(principal: &Principal, tool: &str, arguments: Value) -> Self {
+        Self {
+            principal: principal.clone(),
+            tool: tool.to_owned(),
+            arguments,
+        }
+    }
+
+    fn entry(&self, decision: Decision) -> AuditEntry {
+        AuditEntry::new(&self.principal.id, &self.tool, &self.arguments, decision).policies(vec![
+            format!("scopes:{}", self.principal.scope_list().join(" ")),
+        ])
+    }
+}
+
+/// A plan the approval check (or recovery of one it let through) has cleared for execution.
+/// Only this module can make one, so a provider's `apply_step` cannot run an unapproved plan.
+#[derive(Debug, Clone)]
+pub struct ApprovedPlan {
+    proposal_id: ProposalId,
+    identity_id: IdentityId,
+    action: Action,
+    grace: Duration,
+}
+
+impl ApprovedPlan {
+    /// For a proposal the apply check moved to `applying`, or one found there on restart.
+    fn of_applying(proposal: &Proposal) -> Option<Self> {
+        (proposal.status == ProposalStatus::Applying).then(|| Self {
+            proposal_id: proposal.body.id.clone(),
+            identity_id: proposal.body.identity_id.clone(),
+            action: proposal.body.action,
+            grace: Duration::from_secs(proposal.body.grace_period_secs),
+        })
+    }
+
+    pub fn proposal_id(&self) -> &ProposalId {
+        &self.proposal_id
+    }
+
+    pub fn identity_id(&self) -> &IdentityId {
+        &self.identity_id
+    }
+
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+}
+
+pub struct Engine {
+    store: Store,
+    providers: BTreeMap<String, Arc<dyn Provider>>,
+    sink: Arc<dyn SecretSink>,
+    approval: ApprovalKey,
+    thresholds: Thresholds,
+    proposal_ttl: Duration,
+    required_approvals: u32,
+    step_pause: Duration,
+}
+
+impl Engine {
+    /// Opens the store, the approval key and every configured provider.
+    pub async fn open(config: &Config) -> anyhow::Result<Self> {
+        create_private_dir(&config.data_dir)?;
+        let store = Store::open(&config.database).await?;
+        let approval = ApprovalKey::load_or_create(
+            &config.approval.key_file,
+            &config.approval.issuer,
+            config.approval.token_ttl,
+        )?;
+        let mut providers: BTreeMap<String, Arc<dyn Provider>> = BTreeMap::new();
+        for p in &config.providers {
+            let provider: Arc<dyn Provider> = match &p.kind {
+                ProviderKind::Inventory { source } => Arc::new(InventoryProvider::open(
+                    p.name.clone(),
+                    source.clone(),
+                    &config.data_dir,
+                )?),
+            };
+            providers.insert(p.name.to_string(), provider);
+        }
+        Ok(Self {
+            store,
+            providers,
+            sink: Arc::new(FileSink::new(&config.data_dir)),
+            approval,
+            thresholds: config.thresholds,
+            proposal_ttl: config.approval.proposal_ttl,
+            required_approvals: config.approval.required_approvals,
+            step_pause: config.step_pause,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn thresholds(&self) -> &Thresholds {
+        &self.thresholds
+    }
+
+    pub fn provider_names(&self) -> Vec<String> {
+        self.providers.keys().cloned().collect()
+    }
+
+    /// Refuses (and audits the refusal) unless the caller holds `scope`.
+    async fn require(&self, caller: &Caller, scope: Scope) -> Result<()> {
+        if caller.principal.has(scope) {
+            return Ok(());
+        }
+        let err = EngineError::MissingScope {
+            scope,
+            principal: caller.principal.id.clone(),
+        };
+        self.audit_failure(caller, &err, None).await;
+        Err(err)
+    }
+
+    /// Audits a call that changed nothing: allowed reads.
+    async fn audit_read(&self, caller: &Caller, outcome: String) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        tx.append_audit(caller.entry(Decision::Allow).outcome(outcome))
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Audits a refused or failed call. A failure to audit is logged: the caller still gets the
+    /// original error, and nothing was changed.
+    async fn audit_failure(
+        &self,
+        caller: &Caller,
+        err: &EngineError,
+        proposal: Option<&ProposalId>,
+    ) {
+        let mut entry = caller.entry(err.decision()).reason(err.to_string());
+        if let Some(p) = proposal {
+            entry = entry.proposal(p.as_str());
+        }
+        let result = async {
+            let mut tx = self.store.begin().await?;
+            tx.append_audit(entry).await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, tool = %caller.tool, "cannot write the audit record of a refused call");
+        }
+    }
+
+    /// Records a call whose arguments did not parse; the transport calls this before answering.
+    pub async fn audit_invalid_call(&self, caller: &Caller, message: &str) {
+        self.audit_failure(
+            caller,
+            &EngineError::InvalidArgument(message.to_owned()),
+            None,
+        )
+        .await;
+    }
+
+    /// Runs `result` through the audit: failures are recorded (successes audit themselves).
+    async fn finish<T>(
+        &self,
+        caller: &Caller,
+        result: Result<T>,
+        proposal: Option<&ProposalId>,
+    ) -> Result<T> {
+        if let Err(e) = &result {
+            if let EngineError::Internal(detail) = e {
+                tracing::error!(tool = %caller.tool, %detail, "internal error");
+            }
+            if !matches!(e, EngineError::MissingScope { .. }) {
+                self.audit_failure(caller, e, proposal).await;
+            }
+        }
+        result
+    }
+
+    fn provider_for(&self, id: &IdentityId) -> Result<&Arc<dyn Provider>> {
+        self.providers
+            .get(id.provider())
+            .ok_or_else(|| not_found_identity(id))
+    }
+
+    /// The identity as its provider sees it now.
+    async fn fetch_identity(&self, id: &IdentityId) -> Result<Identity> {
+        let provider = self.provider_for(id)?;
+        with_timeout(provider.get(id), provider.name().as_str())
+            .await?
+            .ok_or_else(|| not_found_identity(id))
+    }
+
+    /// Every identity of every provider (or one provider), sorted by id.
+    async fn all_identities(&self, provider: Option<&str>) -> Result<Vec<Identity>> {
+        let mut out = Vec::new();
+        for (name, p) in &self.providers {
+            if provider.is_some_and(|want| want != name) {
+                continue;
+            }
+            out.extend(with_timeout(p.list(), name).await?);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+}
+
+fn not_found_identity(id: &IdentityId) -> EngineError {
+    EngineError::NotFound(format!("identity `{id}` not found"))
+}
+
+async fn with_timeout<T>(
+    fut: impl std::future::Future<Output = Result<T, ProviderError>>,
+    provider: &str,
+) -> Result<T> {
+    match tokio::time::timeout(PROVIDER_TIMEOUT, fut).await {
+        Ok(r) => r.map_err(EngineError::from),
+        Err(_) => Err(EngineError::Provider(ProviderError::Unavailable {
+            provider: provider.to_owned(),
+            message: format!("no answer within {}s", PROVIDER_TIMEOUT.as_secs()),
+        })),
+    }
+}
+
+/// Creates the data dir readable by its owner only (it holds the approval key and the sink).
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
+    }
+    Ok(())
+}

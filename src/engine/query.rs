@@ -1,0 +1,331 @@
+//! Looking: identities, one identity in full, and posture findings.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use super::cursor::{self, Page};
+use super::{Caller, Engine, EngineError, Result};
+use crate::authz::Scope;
+use crate::model::finding::evaluate;
+use crate::model::ids::check_free_text;
+use crate::model::{
+    Finding, FindingRule, Identity, IdentityId, IdentityKind, ProposalStatus, Severity, Thresholds,
+};
+use crate::store::ProposalFilter;
+
+/// Filters of `list_identities`. All are optional and combine with AND.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IdentityQuery {
+    pub provider: Option<String>,
+    pub kind: Option<IdentityKind>,
+    pub owner: Option<String>,
+    pub environment: Option<String>,
+    /// Case-insensitive substring of id, name, purpose or owner.
+    pub text: Option<String>,
+    /// A rule (`unused`, `privileged`, ...) or an OWASP id (`NHI7`).
+    pub finding: Option<String>,
+    pub unused_for_days: Option<u32>,
+    /// Only identities with an active credential at least this old.
+    pub credential_age_days: Option<u32>,
+    #[serde(skip)]
+    pub cursor: Option<String>,
+    #[serde(skip)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct IdentitySummary {
+    pub id: IdentityId,
+    pub provider: String,
+    pub kind: IdentityKind,
+    pub name: String,
+    pub owner: Option<String>,
+    pub environment: Option<String>,
+    pub privileged: bool,
+    pub disabled: bool,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub active_credentials: usize,
+    /// Rule slugs of the identity's findings.
+    pub findings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct OpenProposal {
+    pub id: String,
+    pub action: String,
+    pub status: ProposalStatus,
+    pub credential_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct IdentityDetail {
+    pub identity: Identity,
+    pub findings: Vec<Finding>,
+    pub open_proposals: Vec<OpenProposal>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FindingQuery {
+    pub identity_id: Option<IdentityId>,
+    pub provider: Option<String>,
+    /// Only findings at least this severe.
+    pub severity: Option<Severity>,
+    /// An OWASP NHI Top 10 id (`NHI1` ... `NHI10`) or a rule slug.
+    pub finding: Option<String>,
+    #[serde(skip)]
+    pub cursor: Option<String>,
+    #[serde(skip)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FindingsSummary {
+    /// Findings matching the query, across all pages.
+    pub total: usize,
+    pub by_severity: BTreeMap<String, usize>,
+    pub by_owasp_id: BTreeMap<String, usize>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FindingsPage {
+    pub findings: Vec<Finding>,
+    pub next_cursor: Option<String>,
+    pub summary: FindingsSummary,
+    pub thresholds: Thresholds,
+    /// Thresholds loosened past their floor.
+    pub threshold_warnings: Vec<String>,
+}
+
+fn matches_finding(filter: &str, f: &Finding) -> bool {
+    filter.eq_ignore_ascii_case(&f.owasp_id) || filter == f.rule.slug()
+}
+
+fn check_finding_filter(filter: &Option<String>) -> Result<()> {
+    if let Some(f) = filter {
+        let known = FindingRule::ALL
+            .iter()
+            .any(|r| r.slug() == f || r.owasp_id().eq_ignore_ascii_case(f))
+            || (1..=10).any(|n| f.eq_ignore_ascii_case(&format!("NHI{n}")));
+        if !known {
+            let rules: Vec<&str> = FindingRule::ALL.iter().map(|r| r.slug()).collect();
+            return Err(EngineError::InvalidArgument(format!(
+                "`finding` = {} is neither an OWASP id (`NHI1`..`NHI10`) nor a rule ({})",
+                crate::model::quote_input(f),
+                rules.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_text_filters(fields: &[(&str, &Option<String>)]) -> Result<()> {
+    for (name, value) in fields {
+        if let Some(v) = value {
+            check_free_text(&format!("`{name}`"), v, 200)?;
+        }
+    }
+    Ok(())
+}
+
+impl Engine {
+    fn check_provider_filter(&self, provider: &Option<String>) -> Result<()> {
+        match provider {
+            Some(p) if !self.providers.contains_key(p) => {
+                Err(EngineError::InvalidArgument(format!(
+                    "`provider` = {} is not configured; providers: {}",
+                    crate::model::quote_input(p),
+                    self.provider_names().join(", ")
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn list_identities(
+        &self,
+        caller: &Caller,
+        q: IdentityQuery,
+    ) -> Result<Page<IdentitySummary>> {
+        self.require(caller, Scope::Read).await?;
+        let result = self.list_identities_inner(&q).await;
+        let result = match result {
+            Ok(page) => self
+                .audit_read(caller, format!("{} identities", page.items.len()))
+                .await
+                .map(|()| page),
+            Err(e) => Err(e),
+        };
+        self.finish(caller, result, None).await
+    }
+
+    async fn list_identities_inner(&self, q: &IdentityQuery) -> Result<Page<IdentitySummary>> {
+        let limit = cursor::check_limit(q.limit)?;
+        check_text_filters(&[
+            ("provider", &q.provider),
+            ("owner", &q.owner),
+            ("environment", &q.environment),
+            ("text", &q.text),
+        ])?;
+        check_finding_filter(&q.finding)?;
+        self.check_provider_filter(&q.provider)?;
+        let hash = cursor::query_hash(q);
+        let after = cursor::decode(q.cursor.as_deref(), &hash)?;
+        let now = Utc::now();
+        let text = q.text.as_ref().map(|t| t.to_lowercase());
+        let mut out = Vec::new();
+        for identity in self.all_identities(q.provider.as_deref()).await? {
+            if q.kind.is_some_and(|k| k != identity.kind)
+                || q.owner
+                    .as_ref()
+                    .is_some_and(|o| identity.owner.as_ref() != Some(o))
+                || q.environment
+                    .as_ref()
+                    .is_some_and(|e| identity.environment.as_ref() != Some(e))
+            {
+                continue;
+            }
+            if let Some(t) = &text {
+                let hay = [
+                    Some(identity.id.as_str()),
+                    Some(identity.name.as_str()),
+                    identity.purpose.as_deref(),
+                    identity.owner.as_deref(),
+                ];
+                if !hay.iter().flatten().any(|h| h.to_lowercase().contains(t)) {
+                    continue;
+                }
+            }
+            if let Some(days) = q.unused_for_days {
+                let idle = identity
+                    .last_activity()
+                    .map_or(i64::MAX, |t| (now - t).num_days());
+                if idle < i64::from(days) {
+                    continue;
+                }
+            }
+            if let Some(days) = q.credential_age_days
+                && !identity
+                    .active_credentials()
+                    .any(|c| (now - c.created_at).num_days() >= i64::from(days))
+            {
+                continue;
+            }
+            let findings = evaluate(&identity, &self.thresholds, now);
+            if let Some(f) = &q.finding
+                && !findings.iter().any(|x| matches_finding(f, x))
+            {
+                continue;
+            }
+            let mut slugs: Vec<String> =
+                findings.iter().map(|f| f.rule.slug().to_owned()).collect();
+            slugs.dedup();
+            out.push(IdentitySummary {
+                provider: identity.provider.clone(),
+                kind: identity.kind,
+                name: identity.name.clone(),
+                owner: identity.owner.clone(),
+                environment: identity.environment.clone(),
+                privileged: identity.permissions.privileged,
+                disabled: identity.disabled,
+                last_used_at: identity.last_activity(),
+                active_credentials: identity.active_credentials().count(),
+                findings: slugs,
+                id: identity.id,
+            });
+        }
+        Ok(cursor::paginate(
+            out,
+            |s| s.id.to_string(),
+            after.as_deref(),
+            limit,
+            &hash,
+        ))
+    }
+
+    pub async fn get_identity(&self, caller: &Caller, id: &IdentityId) -> Result<IdentityDetail> {
+        self.require(caller, Scope::Read).await?;
+        let result = async {
+            let identity = self.fetch_identity(id).await?;
+            let findings = evaluate(&identity, &self.thresholds, Utc::now());
+            let filter = ProposalFilter {
+                identity_id: Some(id.clone()),
+                ..Default::default()
+            };
+            let open_proposals = self
+                .store
+                .list_proposals(&filter, 1000)
+                .await?
+                .into_iter()
+                .filter(|p| p.status.is_open())
+                .map(|p| OpenProposal {
+                    id: p.body.id.to_string(),
+                    action: p.body.action.as_str().to_owned(),
+                    status: p.status,
+                    credential_id: p.body.credential_id.map(|c| c.to_string()),
+                })
+                .collect();
+            self.audit_read(caller, format!("identity `{id}`")).await?;
+            Ok(IdentityDetail {
+                identity,
+                findings,
+                open_proposals,
+            })
+        }
+        .await;
+        self.finish(caller, result, None).await
+    }
+
+    pub async fn list_findings(&self, caller: &Caller, q: FindingQuery) -> Result<FindingsPage> {
+        self.require(caller, Scope::Read).await?;
+        let result = async {
+            let limit = cursor::check_limit(q.limit)?;
+            check_finding_filter(&q.finding)?;
+            check_text_filters(&[("provider", &q.provider)])?;
+            self.check_provider_filter(&q.provider)?;
+            let hash = cursor::query_hash(&q);
+            let after = cursor::decode(q.cursor.as_deref(), &hash)?;
+            let identities = match &q.identity_id {
+                Some(id) => vec![self.fetch_identity(id).await?],
+                None => self.all_identities(q.provider.as_deref()).await?,
+            };
+            let now = Utc::now();
+            let mut all: Vec<Finding> = identities
+                .iter()
+                .flat_map(|i| evaluate(i, &self.thresholds, now))
+                .filter(|f| q.severity.is_none_or(|s| f.severity >= s))
+                .filter(|f| q.finding.as_ref().is_none_or(|x| matches_finding(x, f)))
+                .collect();
+            // Most severe first, then by id: a stable order for paging.
+            let key = |f: &Finding| format!("{}|{}", 3 - f.severity as u8, f.id);
+            all.sort_by_key(key);
+            let mut summary = FindingsSummary {
+                total: all.len(),
+                by_severity: BTreeMap::new(),
+                by_owasp_id: BTreeMap::new(),
+            };
+            for f in &all {
+                let sev = serde_json::to_value(f.severity)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                *summary.by_severity.entry(sev).or_default() += 1;
+                *summary.by_owasp_id.entry(f.owasp_id.clone()).or_default() += 1;
+            }
+            let page = cursor::paginate(all, key, after.as_deref(), limit, &hash);
+            self.audit_read(caller, format!("{} findings", page.items.len()))
+                .await?;
+            Ok(FindingsPage {
+                findings: page.items,
+                next_cursor: page.next_cursor,
+                summary,
+                thresholds: self.thresholds,
+                threshold_warnings: self.thresholds.warnings(),
+            })
+        }
+        .await;
+        self.finish(caller, result, None).await
+    }
+}

@@ -1,0 +1,723 @@
+//! Asking and deciding: proposals, approvals and rejections, and the checks that let an approved
+//! proposal be applied exactly once.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use super::cursor::{self, Page};
+use super::{Caller, Engine, EngineError, Result};
+use crate::audit::{AuditEntry, Decision};
+use crate::authz::{ApprovalClaims, Scope};
+use crate::model::ids::check_free_text;
+use crate::model::{
+    Action, CredentialId, IdentityId, Proposal, ProposalBody, ProposalId, ProposalStatus,
+    quote_input,
+};
+use crate::store::ProposalFilter;
+
+/// The longest grace period a rotation may keep the old credential valid.
+const MAX_GRACE: Duration = Duration::from_secs(30 * 86400);
+const DEFAULT_GRACE: &str = "1h";
+
+/// What the agent is told when a change waits for a human.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ApprovalOutcome {
+    /// `approval_required` while the proposal waits for approvals.
+    pub status: String,
+    pub approvals_required: u32,
+    pub approvals_received: usize,
+    /// How a human approves it; approvals never go through this MCP session.
+    pub how_to_approve: String,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ProposeOutcome {
+    pub proposal: Proposal,
+    /// False when an open proposal for the same change already existed and is returned instead.
+    pub created: bool,
+    pub approval: Option<ApprovalOutcome>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RevokeOutcome {
+    pub proposal: Proposal,
+    /// True when this call executed the revocation (an approval token was given).
+    pub executed: bool,
+    pub created: bool,
+    pub approval: Option<ApprovalOutcome>,
+}
+
+/// An admin's approval: the proposal after it and, once the last required approval is in, the
+/// approval token for the requester to apply with.
+#[derive(Debug)]
+pub struct ApproveResult {
+    pub proposal: Proposal,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProposalQuery {
+    pub status: Option<ProposalStatus>,
+    pub identity_id: Option<IdentityId>,
+    #[serde(skip)]
+    pub cursor: Option<String>,
+    #[serde(skip)]
+    pub limit: Option<u32>,
+}
+
+fn check_reason(reason: &str) -> Result<()> {
+    check_free_text("`reason`", reason, 1000)?;
+    Ok(())
+}
+
+pub fn parse_grace(raw: Option<&str>) -> Result<Duration> {
+    let raw = raw.unwrap_or(DEFAULT_GRACE);
+    let grace = humantime::parse_duration(raw).map_err(|_| {
+        EngineError::InvalidArgument(format!(
+            "`grace_period` = {} is not a duration like `0s`, `30m` or `24h`",
+            quote_input(raw)
+        ))
+    })?;
+    if grace > MAX_GRACE {
+        return Err(EngineError::InvalidArgument(
+            "`grace_period` may be at most 30 days".to_owned(),
+        ));
+    }
+    Ok(grace)
+}
+
+fn approval_outcome(p: &Proposal) -> Option<ApprovalOutcome> {
+    (p.status == ProposalStatus::PendingApproval).then(|| ApprovalOutcome {
+        status: "approval_required".to_owned(),
+        approvals_required: p.body.required_approvals,
+        approvals_received: p.approvals.len(),
+        how_to_approve: format!(
+            "a human admin runs `nhi-mcp approve {} --approver NAME` and hands you the approval token; then call `apply_proposal`",
+            p.body.id
+        ),
+    })
+}
+
+impl Engine {
+    pub async fn propose_rotation(
+        &self,
+        caller: &Caller,
+        identity_id: &IdentityId,
+        credential_id: Option<&CredentialId>,
+        grace_period: Option<&str>,
+        reason: &str,
+    ) -> Result<ProposeOutcome> {
+        self.require(caller, Scope::Propose).await?;
+        let result = async {
+            check_reason(reason)?;
+            let grace = parse_grace(grace_period)?;
+            let identity = self.fetch_identity(identity_id).await?;
+            let credential = match credential_id {
+                Some(c) => identity.credential(c).ok_or_else(|| {
+                    EngineError::NotFound(format!("credential `{c}` not found on `{identity_id}`"))
+                })?,
+                None => {
+                    let active: Vec<_> = identity.active_credentials().collect();
+                    match active.as_slice() {
+                        [one] => *one,
+                        [] => {
+                            return Err(EngineError::Refused(format!(
+                                "`{identity_id}` has no active credential to rotate"
+                            )));
+                        }
+                        many => {
+                            let ids: Vec<String> = many.iter().map(|c| format!("`{}`", c.id)).collect();
+                            return Err(EngineError::InvalidArgument(format!(
+                                "`{identity_id}` has {} active credentials; pass `credential_id`: {}",
+                                many.len(),
+                                ids.join(", ")
+                            )));
+                        }
+                    }
+                }
+            };
+            let provider = self.provider_for(identity_id)?;
+            let plan = provider.plan_rotation(&identity, credential, grace)?;
+            let credential_id = credential.id.clone();
+            let body = self.new_body(caller, Action::Rotate, identity, Some(credential_id), grace, reason, plan, None);
+            let (proposal, created) = self.insert_or_existing(caller, body).await?;
+            Ok(ProposeOutcome {
+                approval: approval_outcome(&proposal),
+                proposal,
+                created,
+            })
+        }
+        .await;
+        self.finish(caller, result, None).await
+    }
+
+    /// Without a token: proposes the revocation. With one: executes the approved revocation.
+    pub async fn revoke_identity(
+        &self,
+        caller: &Caller,
+        identity_id: &IdentityId,
+        reason: Option<&str>,
+        approval_token: Option<&str>,
+    ) -> Result<RevokeOutcome> {
+        if let Some(token) = approval_token {
+            self.require(caller, Scope::Apply).await?;
+            let proposal = self
+                .apply(caller, None, Some(identity_id), Action::Revoke, token)
+                .await?;
+            return Ok(RevokeOutcome {
+                proposal,
+                executed: true,
+                created: false,
+                approval: None,
+            });
+        }
+        self.require(caller, Scope::Propose).await?;
+        let result = async {
+            let reason = reason.ok_or_else(|| {
+                EngineError::InvalidArgument(
+                    "`reason` is required to propose a revocation".to_owned(),
+                )
+            })?;
+            check_reason(reason)?;
+            let identity = self.fetch_identity(identity_id).await?;
+            let provider = self.provider_for(identity_id)?;
+            let (plan, blast) = provider.plan_revocation(&identity)?;
+            let body = self.new_body(
+                caller,
+                Action::Revoke,
+                identity,
+                None,
+                Duration::ZERO,
+                reason,
+                plan,
+                Some(blast),
+            );
+            let (proposal, created) = self.insert_or_existing(caller, body).await?;
+            Ok(RevokeOutcome {
+                approval: approval_outcome(&proposal),
+                proposal,
+                executed: false,
+                created,
+            })
+        }
+        .await;
+        self.finish(caller, result, None).await
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one place builds every proposal body"
+    )]
+    fn new_body(
+        &self,
+        caller: &Caller,
+        action: Action,
+        snapshot: crate::model::Identity,
+        credential_id: Option<CredentialId>,
+        grace: Duration,
+        reason: &str,
+        plan: Vec<crate::model::PlanStep>,
+        blast_radius: Option<crate::model::proposal::BlastRadius>,
+    ) -> ProposalBody {
+        let now = Utc::now();
+        ProposalBody {
+            id: ProposalId::generate(),
+            action,
+            identity_id: snapshot.id.clone(),
+            credential_id,
+            snapshot_fingerprint: snapshot.fingerprint(),
+            snapshot,
+            grace_period_secs: grace.as_secs(),
+            reason: reason.to_owned(),
+            plan,
+            blast_radius,
+            requester: caller.principal.id.clone(),
+            required_approvals: self.required_approvals,
+            created_at: now,
+            approval_deadline: now
+                + chrono::Duration::from_std(self.proposal_ttl)
+                    .unwrap_or(chrono::Duration::hours(24)),
+        }
+    }
+
+    /// Stores a new proposal, or returns the open one for the same change; audited either way.
+    async fn insert_or_existing(
+        &self,
+        caller: &Caller,
+        body: ProposalBody,
+    ) -> Result<(Proposal, bool)> {
+        let mut tx = self.store.begin().await?;
+        if let Some(existing) = tx.open_proposal_for(&body).await? {
+            tx.append_audit(
+                caller
+                    .entry(Decision::RequiresApproval)
+                    .proposal(existing.body.id.as_str())
+                    .outcome(format!(
+                        "returned the open proposal ({})",
+                        existing.status.as_str()
+                    )),
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok((existing, false));
+        }
+        let now = Utc::now();
+        let proposal = Proposal {
+            digest: body.digest(),
+            status: ProposalStatus::PendingApproval,
+            deadline: body.approval_deadline,
+            approvals: vec![],
+            execution: vec![],
+            outcome: None,
+            sink_ref: None,
+            next_step_at: None,
+            updated_at: now,
+            body,
+        };
+        tx.insert_proposal(&proposal).await?;
+        tx.append_audit(
+            caller
+                .entry(Decision::RequiresApproval)
+                .proposal(proposal.body.id.as_str())
+                .outcome(format!("proposal created; digest {}", proposal.digest)),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((proposal, true))
+    }
+
+    pub async fn apply_proposal(
+        &self,
+        caller: &Caller,
+        proposal_id: &ProposalId,
+        token: &str,
+    ) -> Result<Proposal> {
+        self.require(caller, Scope::Apply).await?;
+        self.apply(caller, Some(proposal_id), None, Action::Rotate, token)
+            .await
+    }
+
+    /// Every check DESIGN.md lists, then execution. `expected_action` matters only when the
+    /// proposal is named by identity (revoke_identity); apply_proposal runs any action.
+    async fn apply(
+        &self,
+        caller: &Caller,
+        proposal_id: Option<&ProposalId>,
+        identity_id: Option<&IdentityId>,
+        expected_action: Action,
+        token: &str,
+    ) -> Result<Proposal> {
+        let claims = match self.approval.verify(token) {
+            Ok(c) => c,
+            Err(e) => {
+                let err = EngineError::Refused(e.to_string());
+                return self.finish(caller, Err(err), proposal_id).await;
+            }
+        };
+        let token_proposal = ProposalId::parse(&claims.sub).ok();
+        let audit_id = proposal_id.or(token_proposal.as_ref()).cloned();
+        let result = self
+            .check_and_start(&claims, proposal_id, identity_id, expected_action, caller)
+            .await;
+        let proposal = match result {
+            Ok(p) => p,
+            Err(e) => return self.finish(caller, Err(e), audit_id.as_ref()).await,
+        };
+        let result = self.execute(&proposal).await;
+        self.finish(caller, result, audit_id.as_ref()).await
+    }
+
+    async fn check_and_start(
+        &self,
+        claims: &ApprovalClaims,
+        proposal_id: Option<&ProposalId>,
+        identity_id: Option<&IdentityId>,
+        expected_action: Action,
+        caller: &Caller,
+    ) -> Result<Proposal> {
+        let token_for = ProposalId::parse(&claims.sub).map_err(|_| {
+            EngineError::Refused("approval token names no valid proposal".to_owned())
+        })?;
+        if proposal_id.is_some_and(|p| p != &token_for) {
+            return Err(EngineError::Refused(
+                "approval token was issued for another proposal".to_owned(),
+            ));
+        }
+        let proposal =
+            self.store.proposal(&token_for).await?.ok_or_else(|| {
+                EngineError::NotFound(format!("proposal `{token_for}` not found"))
+            })?;
+        if let Some(id) = identity_id
+            && (&proposal.body.identity_id != id || proposal.body.action != expected_action)
+        {
+            return Err(EngineError::Refused(format!(
+                "approval token is not for revoking `{id}`"
+            )));
+        }
+        if claims.digest != proposal.digest || proposal.body.digest() != proposal.digest {
+            return Err(EngineError::Refused(
+                "approval token does not match the proposal's digest: the proposal is not the one that was approved".to_owned(),
+            ));
+        }
+        if claims.requester != proposal.body.requester
+            || claims
+                .approvers
+                .iter()
+                .any(|a| a == &proposal.body.requester)
+            || claims.approvers.is_empty()
+        {
+            return Err(EngineError::Refused(
+                "approval token is self-approved: the approver must not be the requester"
+                    .to_owned(),
+            ));
+        }
+        match proposal.status {
+            ProposalStatus::Approved => {}
+            ProposalStatus::Applying | ProposalStatus::Applied => {
+                return Err(EngineError::Refused(format!(
+                    "proposal `{}` is already {}; an approval token works once",
+                    proposal.body.id,
+                    proposal.status.as_str()
+                )));
+            }
+            other => {
+                return Err(EngineError::Refused(format!(
+                    "proposal `{}` is {}, not approved",
+                    proposal.body.id,
+                    other.as_str()
+                )));
+            }
+        }
+        let now = Utc::now();
+        if proposal.deadline < now {
+            self.expire(
+                &proposal.body.id,
+                ProposalStatus::Approved,
+                "approval expired before it was applied",
+            )
+            .await?;
+            return Err(EngineError::Refused(format!(
+                "proposal `{}` has expired; propose again",
+                proposal.body.id
+            )));
+        }
+
+        // The target must still be what the plan was made from.
+        let current = self.fetch_identity(&proposal.body.identity_id).await?;
+        if current.fingerprint() != proposal.body.snapshot_fingerprint {
+            let mut tx = self.store.begin().await?;
+            tx.consume_token(&claims.jti, &proposal.body.id, now)
+                .await?;
+            if tx
+                .transition(
+                    &proposal.body.id,
+                    ProposalStatus::Approved,
+                    ProposalStatus::Expired,
+                )
+                .await?
+            {
+                tx.set_progress(
+                    &proposal.body.id,
+                    Some("stale: the target changed after the proposal was made; propose again for a new approval"),
+                    None,
+                    None,
+                )
+                .await?;
+            }
+            tx.append_audit(
+                caller
+                    .entry(Decision::Deny)
+                    .proposal(proposal.body.id.as_str())
+                    .reason("target changed since the snapshot; proposal is stale"),
+            )
+            .await?;
+            tx.commit().await?;
+            return Err(EngineError::Refused(format!(
+                "`{}` changed after proposal `{}` was made; the proposal is stale and needs to be proposed and approved again",
+                proposal.body.identity_id, proposal.body.id
+            )));
+        }
+
+        // Consume the token and start, atomically: a second apply finds the jti used.
+        let mut tx = self.store.begin().await?;
+        if !tx
+            .consume_token(&claims.jti, &proposal.body.id, now)
+            .await?
+        {
+            return Err(EngineError::Refused(
+                "approval token was already used; an approval token works once".to_owned(),
+            ));
+        }
+        if !tx
+            .transition(
+                &proposal.body.id,
+                ProposalStatus::Approved,
+                ProposalStatus::Applying,
+            )
+            .await?
+        {
+            return Err(EngineError::Refused(format!(
+                "proposal `{}` is no longer approved (another apply started it)",
+                proposal.body.id
+            )));
+        }
+        tx.append_audit(
+            caller
+                .entry(Decision::Allow)
+                .proposal(proposal.body.id.as_str())
+                .outcome(format!("apply started; token {} consumed", claims.jti)),
+        )
+        .await?;
+        tx.commit().await?;
+        self.store
+            .proposal(&proposal.body.id)
+            .await?
+            .ok_or_else(|| EngineError::Internal("proposal vanished while starting".to_owned()))
+    }
+
+    /// Moves a proposal past its deadline to `expired`, with an audit record.
+    pub(super) async fn expire(
+        &self,
+        id: &ProposalId,
+        from: ProposalStatus,
+        why: &str,
+    ) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        if tx.transition(id, from, ProposalStatus::Expired).await? {
+            tx.set_progress(id, Some(why), None, None).await?;
+            tx.append_audit(
+                AuditEntry::new(
+                    "nhi-mcp",
+                    "expire",
+                    &serde_json::json!({"proposal_id": id}),
+                    Decision::Allow,
+                )
+                .proposal(id.as_str())
+                .outcome(why),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A human approval, from the CLI or the admin API; never from an agent's MCP session.
+    pub async fn approve(&self, approver: &str, id: &ProposalId) -> Result<ApproveResult> {
+        let caller = admin_caller(approver, "approve", serde_json::json!({"proposal_id": id}));
+        let result = async {
+            check_free_text("approver", approver, 128)?;
+            let proposal = self
+                .store
+                .proposal(id)
+                .await?
+                .ok_or_else(|| EngineError::NotFound(format!("proposal `{id}` not found")))?;
+            if proposal.status == ProposalStatus::PendingApproval && proposal.deadline < Utc::now()
+            {
+                self.expire(
+                    id,
+                    ProposalStatus::PendingApproval,
+                    "not approved before its deadline",
+                )
+                .await?;
+                return Err(EngineError::Refused(format!("proposal `{id}` has expired")));
+            }
+            if proposal.status != ProposalStatus::PendingApproval {
+                return Err(EngineError::Refused(format!(
+                    "proposal `{id}` is {}, not pending approval",
+                    proposal.status.as_str()
+                )));
+            }
+            if approver == proposal.body.requester {
+                return Err(EngineError::Refused(format!(
+                    "`{approver}` requested proposal `{id}` and cannot approve it"
+                )));
+            }
+            let now = Utc::now();
+            let mut tx = self.store.begin().await?;
+            if !tx.add_approval(id, approver, now).await? {
+                return Err(EngineError::Refused(format!(
+                    "`{approver}` has already approved proposal `{id}`"
+                )));
+            }
+            let mut approvers: Vec<String> = proposal
+                .approvals
+                .iter()
+                .map(|a| a.approver.clone())
+                .collect();
+            approvers.push(approver.to_owned());
+            let required = proposal.body.required_approvals as usize;
+            let mut token = None;
+            if approvers.len() >= required {
+                if !tx
+                    .transition(
+                        id,
+                        ProposalStatus::PendingApproval,
+                        ProposalStatus::Approved,
+                    )
+                    .await?
+                {
+                    return Err(EngineError::Refused(format!(
+                        "proposal `{id}` changed state while it was being approved; try again"
+                    )));
+                }
+                let (t, claims) = self
+                    .approval
+                    .mint(
+                        id.as_str(),
+                        &proposal.digest,
+                        approvers.clone(),
+                        &proposal.body.requester,
+                        now,
+                    )
+                    .map_err(|e| {
+                        EngineError::Internal(format!("cannot sign the approval token: {e}"))
+                    })?;
+                let exp = chrono::DateTime::from_timestamp(claims.exp, 0).unwrap_or(now);
+                tx.set_deadline(id, exp).await?;
+                tx.append_audit(caller.entry(Decision::Allow).proposal(id.as_str()).outcome(
+                    format!(
+                        "approved by {}; approval token {} valid until {}",
+                        approvers.join(", "),
+                        claims.jti,
+                        exp.to_rfc3339()
+                    ),
+                ))
+                .await?;
+                token = Some(t);
+            } else {
+                tx.append_audit(caller.entry(Decision::Allow).proposal(id.as_str()).outcome(
+                    format!("approval {} of {required} recorded", approvers.len()),
+                ))
+                .await?;
+            }
+            tx.commit().await?;
+            let proposal = self
+                .store
+                .proposal(id)
+                .await?
+                .ok_or_else(|| EngineError::Internal("proposal vanished".to_owned()))?;
+            Ok(ApproveResult { proposal, token })
+        }
+        .await;
+        self.finish(&caller, result, Some(id)).await
+    }
+
+    pub async fn reject(&self, approver: &str, id: &ProposalId, reason: &str) -> Result<Proposal> {
+        let caller = admin_caller(
+            approver,
+            "reject",
+            serde_json::json!({"proposal_id": id, "reason": reason}),
+        );
+        let result = async {
+            check_free_text("approver", approver, 128)?;
+            check_reason(reason)?;
+            let mut tx = self.store.begin().await?;
+            let proposal = tx
+                .proposal(id)
+                .await?
+                .ok_or_else(|| EngineError::NotFound(format!("proposal `{id}` not found")))?;
+            if !tx
+                .transition(
+                    id,
+                    ProposalStatus::PendingApproval,
+                    ProposalStatus::Rejected,
+                )
+                .await?
+            {
+                return Err(EngineError::Refused(format!(
+                    "proposal `{id}` is {}, not pending approval",
+                    proposal.status.as_str()
+                )));
+            }
+            tx.set_progress(
+                id,
+                Some(&format!("rejected by {approver}: {reason}")),
+                None,
+                None,
+            )
+            .await?;
+            tx.append_audit(
+                caller
+                    .entry(Decision::Allow)
+                    .proposal(id.as_str())
+                    .outcome("rejected"),
+            )
+            .await?;
+            tx.commit().await?;
+            self.store
+                .proposal(id)
+                .await?
+                .ok_or_else(|| EngineError::Internal("proposal vanished".to_owned()))
+        }
+        .await;
+        self.finish(&caller, result, Some(id)).await
+    }
+
+    pub async fn get_proposal(&self, caller: &Caller, id: &ProposalId) -> Result<Proposal> {
+        self.require(caller, Scope::Read).await?;
+        let result = async {
+            let p = self
+                .store
+                .proposal(id)
+                .await?
+                .ok_or_else(|| EngineError::NotFound(format!("proposal `{id}` not found")))?;
+            self.audit_read(caller, format!("proposal is {}", p.status.as_str()))
+                .await?;
+            Ok(p)
+        }
+        .await;
+        self.finish(caller, result, Some(id)).await
+    }
+
+    pub async fn list_proposals(
+        &self,
+        caller: &Caller,
+        q: ProposalQuery,
+    ) -> Result<Page<Proposal>> {
+        self.require(caller, Scope::Read).await?;
+        let result = async {
+            let page = self.proposals_page(&q).await?;
+            self.audit_read(caller, format!("{} proposals", page.items.len()))
+                .await?;
+            Ok(page)
+        }
+        .await;
+        self.finish(caller, result, None).await
+    }
+
+    /// A page of proposals without a caller: for the admin CLI.
+    pub async fn proposals_page(&self, q: &ProposalQuery) -> Result<Page<Proposal>> {
+        let limit = cursor::check_limit(q.limit)?;
+        let hash = cursor::query_hash(q);
+        let after = cursor::decode(q.cursor.as_deref(), &hash)?;
+        let filter = ProposalFilter {
+            status: q.status,
+            identity_id: q.identity_id.clone(),
+            after,
+        };
+        let mut items = self.store.list_proposals(&filter, limit as u32 + 1).await?;
+        let next_cursor =
+            (items.len() > limit).then(|| cursor::encode(items[limit - 1].body.id.as_str(), &hash));
+        items.truncate(limit);
+        Ok(Page { items, next_cursor })
+    }
+
+    /// A proposal without a caller: for the admin CLI.
+    pub async fn proposal(&self, id: &ProposalId) -> Result<Proposal> {
+        self.store
+            .proposal(id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("proposal `{id}` not found")))
+    }
+}
+
+fn admin_caller(approver: &str, action: &str, arguments: serde_json::Value) -> Caller {
+    Caller {
+        principal: crate::authz::Principal::new(approver, [Scope::Approve]),
+        tool: action.to_owned(),
+        arguments,
+    }
+}

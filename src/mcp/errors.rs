@@ -1,0 +1,45 @@
+//! The one mapping from engine errors to what an MCP client sees.
+//!
+//! - Malformed arguments → a JSON-RPC invalid-params error.
+//! - Anything the agent can read and act on (not found, missing scope, refused token, provider
+//!   said no) → a tool result with `isError` and one clear sentence.
+//! - Internal failures → logged with detail; the agent gets a short, vague sentence.
+
+use rmcp::ErrorData;
+use rmcp::handler::server::tool::IntoCallToolResult;
+use rmcp::model::{CallToolResponse, CallToolResult, ContentBlock};
+
+use crate::engine::EngineError;
+
+#[derive(Debug)]
+pub enum ToolError {
+    InvalidParams(String),
+    Agent(String),
+    Internal,
+}
+
+impl From<EngineError> for ToolError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::InvalidArgument(m) => Self::InvalidParams(m),
+            EngineError::Internal(detail) => {
+                tracing::error!(%detail, "internal error answered vaguely");
+                Self::Internal
+            }
+            other => Self::Agent(other.to_string()),
+        }
+    }
+}
+
+impl IntoCallToolResult for ToolError {
+    fn into_call_tool_result(self) -> Result<CallToolResponse, ErrorData> {
+        match self {
+            Self::InvalidParams(m) => Err(ErrorData::invalid_params(m, None)),
+            Self::Agent(m) => Ok(CallToolResult::error(vec![ContentBlock::text(m)]).into()),
+            Self::Internal => Ok(CallToolResult::error(vec![ContentBlock::text(
+                "internal error; the server log has the details",
+            )])
+            .into()),
+        }
+    }
+}

@@ -1,0 +1,595 @@
+//! The tool surface: names, descriptions, annotations, argument and result schemas. Handlers
+//! parse and validate arguments, call the engine, and shape the answer; nothing else.
+
+use std::cell::Cell;
+use std::path::Path;
+use std::sync::Arc;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, ErrorCode, Implementation, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, Json, RoleServer, ServerHandler, tool, tool_router};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::ToolError;
+use crate::authz::{Principal, Scope};
+use crate::engine::{
+    Caller, Engine, FindingQuery, FindingsPage, IdentityDetail, IdentityQuery, IdentitySummary,
+    ProposalQuery, ProposeOutcome, RevokeOutcome,
+};
+use crate::model::{
+    CredentialId, IdentityId, IdentityKind, Proposal, ProposalId, ProposalStatus, Severity,
+};
+
+/// The scopes that let a caller see and call each tool (any one of them).
+pub const TOOL_SCOPES: [(&str, &[Scope]); 8] = [
+    ("list_identities", &[Scope::Read]),
+    ("get_identity", &[Scope::Read]),
+    ("list_findings", &[Scope::Read]),
+    ("propose_rotation", &[Scope::Propose]),
+    ("revoke_identity", &[Scope::Propose, Scope::Apply]),
+    ("apply_proposal", &[Scope::Apply]),
+    ("get_proposal", &[Scope::Read]),
+    ("list_proposals", &[Scope::Read]),
+];
+
+fn tool_allowed(name: &str, principal: &Principal) -> bool {
+    TOOL_SCOPES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .is_some_and(|(_, scopes)| scopes.iter().any(|s| principal.has(*s)))
+}
+
+tokio::task_local! {
+    /// Set once a handler has handed the call to the engine, which audits it; a call that fails
+    /// before that (arguments that do not parse, an unknown tool) is audited by `call_tool`.
+    static REACHED_ENGINE: Cell<bool>;
+}
+
+fn reached_engine() {
+    let _ = REACHED_ENGINE.try_with(|c| c.set(true));
+}
+
+// ---- arguments -------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListIdentitiesArgs {
+    /// Only identities of this provider (its configured name).
+    pub provider: Option<String>,
+    pub kind: Option<IdentityKind>,
+    /// Exact owner.
+    pub owner: Option<String>,
+    /// Exact environment, e.g. `prod`.
+    pub environment: Option<String>,
+    /// Case-insensitive text in the id, name, purpose or owner.
+    pub text: Option<String>,
+    /// Only identities with this finding: an OWASP id (`NHI7`) or a rule (`unused`, `privileged`, ...).
+    pub finding: Option<String>,
+    /// Only identities unused for at least this many days (never-used ones included).
+    pub unused_for_days: Option<u32>,
+    /// Only identities with an active credential at least this many days old.
+    pub credential_age_days: Option<u32>,
+    /// `next_cursor` from the previous page.
+    pub cursor: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityArgs {
+    /// `<provider>:<native id>`, e.g. `demo-aws:user/ci-deploy`.
+    pub identity_id: String,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListFindingsArgs {
+    /// Only this identity's findings.
+    pub identity_id: Option<String>,
+    pub provider: Option<String>,
+    /// Only findings at least this severe.
+    pub severity: Option<Severity>,
+    /// An OWASP NHI Top 10 id (`NHI1`..`NHI10`) or a rule (`credential_too_old`, ...).
+    pub finding: Option<String>,
+    pub cursor: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProposeRotationArgs {
+    pub identity_id: String,
+    /// The credential to rotate; required when the identity has more than one active credential.
+    pub credential_id: Option<String>,
+    /// How long the old credential stays valid after the new one is delivered: `0s` for a leaked
+    /// credential, up to `30d`. Default `1h`.
+    pub grace_period: Option<String>,
+    /// Why, for the approver and the audit log (at most 1000 characters).
+    pub reason: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeIdentityArgs {
+    pub identity_id: String,
+    /// Why; required when proposing.
+    pub reason: Option<String>,
+    /// The token an admin issued when approving the revocation proposal. Without it the call
+    /// proposes; with it the call executes.
+    pub approval_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyProposalArgs {
+    pub proposal_id: String,
+    /// The approval token an admin issued for exactly this proposal.
+    pub approval_token: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProposalArgs {
+    pub proposal_id: String,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListProposalsArgs {
+    pub status: Option<ProposalStatus>,
+    pub identity_id: Option<String>,
+    pub cursor: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<u32>,
+}
+
+// ---- results ---------------------------------------------------------------------------------
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ListIdentitiesResult {
+    pub identities: Vec<IdentitySummary>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ProposalResult {
+    pub proposal: Proposal,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ListProposalsResult {
+    pub proposals: Vec<Proposal>,
+    pub next_cursor: Option<String>,
+}
+
+fn identity_id(raw: &str) -> Result<IdentityId, ToolError> {
+    IdentityId::parse(raw).map_err(|e| ToolError::InvalidParams(e.0))
+}
+
+fn proposal_id(raw: &str) -> Result<ProposalId, ToolError> {
+    ProposalId::parse(raw).map_err(|e| ToolError::InvalidParams(e.0))
+}
+
+// ---- the server ------------------------------------------------------------------------------
+
+/// One MCP session's server: the engine and the principal the transport vouched for.
+#[derive(Clone)]
+pub struct NhiServer {
+    engine: Arc<Engine>,
+    principal: Principal,
+    tool_router: ToolRouter<Self>,
+}
+
+impl NhiServer {
+    pub fn new(engine: Arc<Engine>, principal: Principal) -> Self {
+        Self {
+            engine,
+            principal,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// Every tool definition, unfiltered (for `tools export`).
+    pub fn all_tools() -> Vec<Tool> {
+        Self::tool_router().list_all()
+    }
+
+    fn caller(&self, tool: &str, args: &impl Serialize) -> Caller {
+        reached_engine();
+        Caller::new(
+            &self.principal,
+            tool,
+            serde_json::to_value(args).unwrap_or(Value::Null),
+        )
+    }
+}
+
+#[tool_router]
+impl NhiServer {
+    #[tool(
+        title = "List non-human identities",
+        description = "List non-human identities (service users, roles, database roles, deploy keys, apps, service accounts, API tokens) across the connected systems, with optional filters. Results are paged in a stable order: pass `next_cursor` back as `cursor`. Read-only.",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn list_identities(
+        &self,
+        Parameters(args): Parameters<ListIdentitiesArgs>,
+    ) -> Result<Json<ListIdentitiesResult>, ToolError> {
+        let query = IdentityQuery {
+            provider: args.provider.clone(),
+            kind: args.kind,
+            owner: args.owner.clone(),
+            environment: args.environment.clone(),
+            text: args.text.clone(),
+            finding: args.finding.clone(),
+            unused_for_days: args.unused_for_days,
+            credential_age_days: args.credential_age_days,
+            cursor: args.cursor.clone(),
+            limit: args.limit,
+        };
+        let caller = self.caller("list_identities", &query_args(&args));
+        let page = self.engine.list_identities(&caller, query).await?;
+        Ok(Json(ListIdentitiesResult {
+            identities: page.items,
+            next_cursor: page.next_cursor,
+        }))
+    }
+
+    #[tool(
+        title = "Get one identity",
+        description = "One identity in full: credentials (metadata only, never secrets), permissions summary, owner, last use, posture findings and open proposals. Read-only.",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn get_identity(
+        &self,
+        Parameters(args): Parameters<IdentityArgs>,
+    ) -> Result<Json<IdentityDetail>, ToolError> {
+        let caller = self.caller(
+            "get_identity",
+            &serde_json::json!({"identity_id": args.identity_id}),
+        );
+        let id = match identity_id(&args.identity_id) {
+            Ok(id) => id,
+            Err(e) => return Err(self.invalid(&caller, e).await),
+        };
+        Ok(Json(self.engine.get_identity(&caller, &id).await?))
+    }
+
+    #[tool(
+        title = "List posture findings",
+        description = "Posture findings computed from identity data, each with its OWASP Non-Human Identities Top 10 id, severity, evidence and the threshold used, most severe first; with summary counts over all pages. Read-only.",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn list_findings(
+        &self,
+        Parameters(args): Parameters<ListFindingsArgs>,
+    ) -> Result<Json<FindingsPage>, ToolError> {
+        let caller = self.caller("list_findings", &finding_args(&args));
+        let identity = match args.identity_id.as_deref().map(identity_id).transpose() {
+            Ok(id) => id,
+            Err(e) => return Err(self.invalid(&caller, e).await),
+        };
+        let query = FindingQuery {
+            identity_id: identity,
+            provider: args.provider,
+            severity: args.severity,
+            finding: args.finding,
+            cursor: args.cursor,
+            limit: args.limit,
+        };
+        Ok(Json(self.engine.list_findings(&caller, query).await?))
+    }
+
+    #[tool(
+        title = "Propose a credential rotation",
+        description = "Create a rotation proposal for one credential of an identity (or return the open one for the same change). Nothing changes until a human admin approves it outside this session and you call `apply_proposal` with the approval token. The result carries the plan, the digest and how to get it approved. Rotation creates the new credential, delivers its secret to the configured secret sink (never to you), keeps the old one valid for the grace period, then deactivates and deletes it.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn propose_rotation(
+        &self,
+        Parameters(args): Parameters<ProposeRotationArgs>,
+    ) -> Result<Json<ProposeOutcome>, ToolError> {
+        let caller = self.caller(
+            "propose_rotation",
+            &serde_json::json!({"identity_id": args.identity_id, "credential_id": args.credential_id, "grace_period": args.grace_period, "reason": args.reason}),
+        );
+        let parsed = identity_id(&args.identity_id).and_then(|id| {
+            let cred = args
+                .credential_id
+                .as_deref()
+                .map(CredentialId::parse)
+                .transpose()
+                .map_err(|e| ToolError::InvalidParams(e.0))?;
+            Ok((id, cred))
+        });
+        let (id, cred) = match parsed {
+            Ok(v) => v,
+            Err(e) => return Err(self.invalid(&caller, e).await),
+        };
+        Ok(Json(
+            self.engine
+                .propose_rotation(
+                    &caller,
+                    &id,
+                    cred.as_ref(),
+                    args.grace_period.as_deref(),
+                    &args.reason,
+                )
+                .await?,
+        ))
+    }
+
+    #[tool(
+        title = "Revoke an identity",
+        description = "Without `approval_token`: create the revocation proposal (every active credential deactivated, sign-in disabled; the identity itself is kept) and report its blast radius; a human admin must approve it. With the `approval_token` an admin issued for that proposal: execute the revocation.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn revoke_identity(
+        &self,
+        Parameters(args): Parameters<RevokeIdentityArgs>,
+    ) -> Result<Json<RevokeOutcome>, ToolError> {
+        let caller = self.caller(
+            "revoke_identity",
+            &serde_json::json!({"identity_id": args.identity_id, "reason": args.reason, "approval_token": args.approval_token}),
+        );
+        let id = match identity_id(&args.identity_id) {
+            Ok(id) => id,
+            Err(e) => return Err(self.invalid(&caller, e).await),
+        };
+        Ok(Json(
+            self.engine
+                .revoke_identity(
+                    &caller,
+                    &id,
+                    args.reason.as_deref(),
+                    args.approval_token.as_deref(),
+                )
+                .await?,
+        ))
+    }
+
+    #[tool(
+        title = "Apply an approved proposal",
+        description = "Execute an approved proposal, given the approval token an admin issued for exactly this proposal. The token works once, expires (15 minutes by default), and is refused if the target changed since the proposal was made. The result names where a new secret was delivered, never the secret.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn apply_proposal(
+        &self,
+        Parameters(args): Parameters<ApplyProposalArgs>,
+    ) -> Result<Json<ProposalResult>, ToolError> {
+        let caller = self.caller(
+            "apply_proposal",
+            &serde_json::json!({"proposal_id": args.proposal_id, "approval_token": args.approval_token}),
+        );
+        let id = match proposal_id(&args.proposal_id) {
+            Ok(id) => id,
+            Err(e) => return Err(self.invalid(&caller, e).await),
+        };
+        let proposal = self
+            .engine
+            .apply_proposal(&caller, &id, &args.approval_token)
+            .await?;
+        Ok(Json(ProposalResult { proposal }))
+    }
+
+    #[tool(
+        title = "Get a proposal",
+        description = "One proposal: status, plan, digest, approvals, execution steps and outcome. Read-only.",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn get_proposal(
+        &self,
+        Parameters(args): Parameters<ProposalArgs>,
+    ) -> Result<Json<ProposalResult>, ToolError> {
+        let caller = self.caller(
+            "get_proposal",
+            &serde_json::json!({"proposal_id": args.proposal_id}),
+        );
+        let id = match proposal_id(&args.proposal_id) {
+            Ok(id) => id,
+            Err(e) => return Err(self.invalid(&caller, e).await),
+        };
+        let proposal = self.engine.get_proposal(&caller, &id).await?;
+        Ok(Json(ProposalResult { proposal }))
+    }
+
+    #[tool(
+        title = "List proposals",
+        description = "Proposals, optionally by status or identity, in a stable order, paged with `next_cursor`. Read-only.",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn list_proposals(
+        &self,
+        Parameters(args): Parameters<ListProposalsArgs>,
+    ) -> Result<Json<ListProposalsResult>, ToolError> {
+        let caller = self.caller(
+            "list_proposals",
+            &serde_json::json!({"status": args.status, "identity_id": args.identity_id, "cursor": args.cursor, "limit": args.limit}),
+        );
+        let identity = match args.identity_id.as_deref().map(identity_id).transpose() {
+            Ok(id) => id,
+            Err(e) => return Err(self.invalid(&caller, e).await),
+        };
+        let query = ProposalQuery {
+            status: args.status,
+            identity_id: identity,
+            cursor: args.cursor,
+            limit: args.limit,
+        };
+        let page = self.engine.list_proposals(&caller, query).await?;
+        Ok(Json(ListProposalsResult {
+            proposals: page.items,
+            next_cursor: page.next_cursor,
+        }))
+    }
+}
+
+impl NhiServer {
+    /// Audits arguments the handler refused before the engine saw them, and passes the error on.
+    async fn invalid(&self, caller: &Caller, e: ToolError) -> ToolError {
+        if let ToolError::InvalidParams(m) = &e {
+            self.engine.audit_invalid_call(caller, m).await;
+        }
+        e
+    }
+}
+
+fn query_args(a: &ListIdentitiesArgs) -> Value {
+    serde_json::json!({
+        "provider": a.provider, "kind": a.kind, "owner": a.owner, "environment": a.environment,
+        "text": a.text, "finding": a.finding, "unused_for_days": a.unused_for_days,
+        "credential_age_days": a.credential_age_days, "cursor": a.cursor, "limit": a.limit,
+    })
+}
+
+fn finding_args(a: &ListFindingsArgs) -> Value {
+    serde_json::json!({
+        "identity_id": a.identity_id, "provider": a.provider, "severity": a.severity,
+        "finding": a.finding, "cursor": a.cursor, "limit": a.limit,
+    })
+}
+
+impl ServerHandler for NhiServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("nhi-mcp", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "nhi-mcp governs non-human identities. Look with list_identities, get_identity and list_findings; ask with propose_rotation or revoke_identity. A human admin approves outside this session and hands you an approval token; apply it with apply_proposal. Secrets never come back to you: they go to the configured secret sink.".to_owned(),
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let tools = self
+            .tool_router
+            .list_all()
+            .into_iter()
+            .filter(|t| tool_allowed(&t.name, &self.principal))
+            .collect();
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.tool_router.get(name).cloned()
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let name = request.name.to_string();
+        let arguments = request
+            .arguments
+            .clone()
+            .map(Value::Object)
+            .unwrap_or(Value::Null);
+        let result = REACHED_ENGINE
+            .scope(Cell::new(false), async {
+                let r = self
+                    .tool_router
+                    .call(ToolCallContext::new(self, request, context))
+                    .await;
+                (r, REACHED_ENGINE.with(Cell::get))
+            })
+            .await;
+        let (response, reached) = result;
+        if let Err(e) = &response
+            && !reached
+        {
+            let caller = Caller::new(&self.principal, &name, arguments);
+            let what =
+                if e.code == ErrorCode::METHOD_NOT_FOUND || self.tool_router.get(&name).is_none() {
+                    format!("unknown tool {}", crate::model::quote_input(&name))
+                } else {
+                    e.message.to_string()
+                };
+            self.engine.audit_invalid_call(&caller, &what).await;
+        }
+        response
+    }
+}
+
+/// Writes one JSON file per tool into `dir`: the agent-facing contract, reviewed in diffs.
+pub fn export_tools(dir: &Path) -> std::io::Result<Vec<String>> {
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    for tool in NhiServer::all_tools() {
+        let mut value = serde_json::to_value(&tool).map_err(std::io::Error::other)?;
+        let scopes: Vec<&str> = TOOL_SCOPES
+            .iter()
+            .find(|(n, _)| *n == tool.name)
+            .map(|(_, s)| s.iter().map(|s| s.as_str()).collect())
+            .unwrap_or_default();
+        if let Value::Object(map) = &mut value {
+            map.insert("requiredScopes".into(), serde_json::json!(scopes));
+        }
+        let text =
+            crate::model::canonical::to_canonical_json(&value).map_err(std::io::Error::other)?;
+        let pretty: Value = serde_json::from_str(&text).map_err(std::io::Error::other)?;
+        let path = dir.join(format!("{}.json", tool.name));
+        std::fs::write(
+            &path,
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(&pretty).map_err(std::io::Error::other)?
+            ),
+        )?;
+        written.push(tool.name.to_string());
+    }
+    written.sort();
+    Ok(written)
+}

@@ -1,0 +1,451 @@
+//! The `inventory` provider: identities from a TOML or JSON file, and changes executed on its own
+//! state. Changes are kept in an overlay file in the data dir (`inventory/<name>.state.json`),
+//! never written into the user's file; the file is re-read when it changes.
+
+mod file;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use super::{Provider, ProviderError, StepResult};
+use crate::config::InventorySource;
+use crate::engine::ApprovedPlan;
+use crate::model::proposal::BlastRadius;
+use crate::model::{
+    Credential, CredentialId, CredentialKind, CredentialStatus, Identity, IdentityId, PlanStep,
+    ProviderName, Secret, StepAction,
+};
+
+pub use file::{InventoryError, parse_inventory};
+
+/// Changes made through nhi-mcp, applied on top of the file.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Overlay {
+    added: BTreeMap<IdentityId, Vec<Credential>>,
+    status: BTreeMap<CredentialId, CredentialStatus>,
+    deleted: BTreeSet<CredentialId>,
+    disabled: BTreeSet<IdentityId>,
+}
+
+struct Loaded {
+    identities: Vec<Identity>,
+    modified: Option<SystemTime>,
+}
+
+pub struct InventoryProvider {
+    name: ProviderName,
+    source: InventorySource,
+    state_path: PathBuf,
+    state: Mutex<(Option<Loaded>, Overlay)>,
+}
+
+impl InventoryProvider {
+    /// Loads the inventory and its overlay; a malformed file is an error naming file, line and key.
+    pub fn open(
+        name: ProviderName,
+        source: InventorySource,
+        data_dir: &Path,
+    ) -> Result<Self, InventoryError> {
+        let state_path = data_dir
+            .join("inventory")
+            .join(format!("{name}.state.json"));
+        let overlay = match std::fs::read_to_string(&state_path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| InventoryError {
+                message: format!("state {}: {e}", state_path.display()),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Overlay::default(),
+            Err(e) => {
+                return Err(InventoryError {
+                    message: format!("cannot read {}: {e}", state_path.display()),
+                });
+            }
+        };
+        let provider = Self {
+            name,
+            source,
+            state_path,
+            state: Mutex::new((None, overlay)),
+        };
+        provider.current()?;
+        Ok(provider)
+    }
+
+    fn load(&self) -> Result<Loaded, InventoryError> {
+        match &self.source {
+            InventorySource::Embedded(key) => {
+                let text = crate::config::DEMO_INVENTORIES
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, t)| *t)
+                    .unwrap_or("");
+                Ok(Loaded {
+                    identities: parse_inventory(
+                        &self.name,
+                        text,
+                        &format!("builtin:{key}"),
+                        false,
+                    )?,
+                    modified: None,
+                })
+            }
+            InventorySource::File(path) => {
+                let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+                let text = std::fs::read_to_string(path).map_err(|e| InventoryError {
+                    message: format!("inventory {}: cannot read: {e}", path.display()),
+                })?;
+                let json = path.extension().is_some_and(|e| e == "json");
+                Ok(Loaded {
+                    identities: parse_inventory(
+                        &self.name,
+                        &text,
+                        &path.display().to_string(),
+                        json,
+                    )?,
+                    modified,
+                })
+            }
+        }
+    }
+
+    /// The identities with the overlay applied, re-reading the file if it changed.
+    fn current(&self) -> Result<Vec<Identity>, InventoryError> {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let stale = match (&guard.0, &self.source) {
+            (None, _) => true,
+            (Some(_), InventorySource::Embedded(_)) => false,
+            (Some(l), InventorySource::File(p)) => {
+                std::fs::metadata(p).and_then(|m| m.modified()).ok() != l.modified
+            }
+        };
+        if stale {
+            guard.0 = Some(self.load()?);
+        }
+        let (loaded, overlay) = &*guard;
+        let base = loaded
+            .as_ref()
+            .map(|l| l.identities.as_slice())
+            .unwrap_or_default();
+        Ok(base.iter().map(|i| apply_overlay(i, overlay)).collect())
+    }
+
+    fn mutate<T>(
+        &self,
+        f: impl FnOnce(&mut Overlay) -> Result<T, String>,
+    ) -> Result<T, ProviderError> {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = guard.1.clone();
+        let out = f(&mut next).map_err(|message| self.refused(message))?;
+        persist(&self.state_path, &next).map_err(|e| ProviderError::Unavailable {
+            provider: self.name.to_string(),
+            message: format!("cannot save state to {}: {e}", self.state_path.display()),
+        })?;
+        guard.1 = next;
+        Ok(out)
+    }
+
+    fn refused(&self, message: String) -> ProviderError {
+        ProviderError::Refused {
+            provider: self.name.to_string(),
+            message,
+        }
+    }
+
+    fn unavailable(&self, e: InventoryError) -> ProviderError {
+        ProviderError::Unavailable {
+            provider: self.name.to_string(),
+            message: e.message,
+        }
+    }
+
+    /// The id a rotation under `plan` gives its new credential: derived from the proposal, so a
+    /// retried step finds what an interrupted one made.
+    fn new_credential_id(
+        plan: &ApprovedPlan,
+        kind: CredentialKind,
+    ) -> Result<CredentialId, String> {
+        let short = plan.proposal_id().short().to_uppercase();
+        let raw = match kind {
+            CredentialKind::AccessKey => format!("AKIANHI{short}"),
+            other => format!(
+                "{}-{}",
+                serde_json::to_value(other)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                short.to_lowercase()
+            ),
+        };
+        CredentialId::parse(&raw).map_err(|e| e.0)
+    }
+}
+
+fn apply_overlay(base: &Identity, overlay: &Overlay) -> Identity {
+    let mut identity = base.clone();
+    if let Some(added) = overlay.added.get(&identity.id) {
+        identity.credentials.extend(added.iter().cloned());
+    }
+    identity
+        .credentials
+        .retain(|c| !overlay.deleted.contains(&c.id));
+    for c in &mut identity.credentials {
+        if let Some(status) = overlay.status.get(&c.id) {
+            c.status = *status;
+        }
+    }
+    identity.disabled |= overlay.disabled.contains(&identity.id);
+    identity
+}
+
+fn persist(path: &Path, overlay: &Overlay) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(overlay).map_err(std::io::Error::other)?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[async_trait]
+impl Provider for InventoryProvider {
+    fn name(&self) -> &ProviderName {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "inventory"
+    }
+
+    async fn list(&self) -> Result<Vec<Identity>, ProviderError> {
+        self.current().map_err(|e| self.unavailable(e))
+    }
+
+    async fn get(&self, id: &IdentityId) -> Result<Option<Identity>, ProviderError> {
+        Ok(self.list().await?.into_iter().find(|i| &i.id == id))
+    }
+
+    fn plan_rotation(
+        &self,
+        identity: &Identity,
+        credential: &Credential,
+        grace: Duration,
+    ) -> Result<Vec<PlanStep>, ProviderError> {
+        if credential.status != CredentialStatus::Active {
+            return Err(self.refused(format!(
+                "credential `{}` is not active; revoke or delete it instead of rotating",
+                credential.id
+            )));
+        }
+        let grace_text = humantime::format_duration(grace).to_string();
+        Ok(vec![
+            PlanStep {
+                index: 0,
+                action: StepAction::CreateCredential {
+                    replaces: credential.id.clone(),
+                    credential_kind: credential.kind,
+                },
+                description: format!(
+                    "create a new credential for `{}` and deliver its secret to the secret sink",
+                    identity.id
+                ),
+                after_grace: false,
+            },
+            PlanStep {
+                index: 1,
+                action: StepAction::DeactivateCredential {
+                    credential_id: credential.id.clone(),
+                },
+                description: format!(
+                    "deactivate the old credential `{}` after a grace period of {grace_text}",
+                    credential.id
+                ),
+                after_grace: true,
+            },
+            PlanStep {
+                index: 2,
+                action: StepAction::DeleteCredential {
+                    credential_id: credential.id.clone(),
+                },
+                description: format!("delete the old credential `{}`", credential.id),
+                after_grace: true,
+            },
+        ])
+    }
+
+    fn plan_revocation(
+        &self,
+        identity: &Identity,
+    ) -> Result<(Vec<PlanStep>, BlastRadius), ProviderError> {
+        let active: Vec<&Credential> = identity.active_credentials().collect();
+        if active.is_empty() && identity.disabled {
+            return Err(self.refused(format!("`{}` is already revoked", identity.id)));
+        }
+        let mut steps: Vec<PlanStep> = active
+            .iter()
+            .map(|c| PlanStep {
+                index: 0,
+                action: StepAction::DeactivateCredential {
+                    credential_id: c.id.clone(),
+                },
+                description: format!("deactivate credential `{}`", c.id),
+                after_grace: false,
+            })
+            .collect();
+        steps.push(PlanStep {
+            index: 0,
+            action: StepAction::DisableSignIn,
+            description: format!(
+                "disable sign-in for `{}` (the identity is kept)",
+                identity.id
+            ),
+            after_grace: false,
+        });
+        for (i, s) in steps.iter_mut().enumerate() {
+            s.index = u32::try_from(i).unwrap_or(u32::MAX);
+        }
+        let mut environments = identity.used_in_environments.clone();
+        environments.extend(identity.environment.clone());
+        environments.sort();
+        environments.dedup();
+        let blast = BlastRadius {
+            credentials_deactivated: active.iter().map(|c| c.id.clone()).collect(),
+            sign_in_disabled: true,
+            summary: format!(
+                "{} active credential(s) stop working; anything in {} that uses `{}` will fail to authenticate",
+                active.len(),
+                if environments.is_empty() {
+                    "any environment".to_owned()
+                } else {
+                    environments.join(", ")
+                },
+                identity.name
+            ),
+            environments,
+            privileged: identity.permissions.privileged,
+            last_used_at: identity.last_activity(),
+        };
+        Ok((steps, blast))
+    }
+
+    async fn apply_step(
+        &self,
+        plan: &ApprovedPlan,
+        step: &PlanStep,
+    ) -> Result<StepResult, ProviderError> {
+        let identity_id = plan.identity_id().clone();
+        match &step.action {
+            StepAction::CreateCredential {
+                replaces,
+                credential_kind,
+            } => {
+                let new_id =
+                    Self::new_credential_id(plan, *credential_kind).map_err(|m| self.refused(m))?;
+                let current = self.get(&identity_id).await?.ok_or_else(|| {
+                    self.refused(format!("identity `{identity_id}` no longer exists"))
+                })?;
+                if current.credential(&new_id).is_some() {
+                    return Err(self.refused(format!(
+                        "credential `{new_id}` already exists; roll the step back before running it again"
+                    )));
+                }
+                let old = current.credential(replaces);
+                let now = Utc::now();
+                let expires_at = old
+                    .and_then(|o| o.expires_at.map(|e| e - o.created_at))
+                    .map(|validity| now + validity);
+                let credential = Credential {
+                    id: new_id.clone(),
+                    kind: *credential_kind,
+                    created_at: now,
+                    last_used_at: None,
+                    expires_at,
+                    status: CredentialStatus::Active,
+                };
+                self.mutate(|o| {
+                    o.added
+                        .entry(identity_id.clone())
+                        .or_default()
+                        .push(credential);
+                    Ok(())
+                })?;
+                Ok(StepResult::Created {
+                    credential_id: new_id,
+                    secret: Secret::generate("nhi_demo_"),
+                })
+            }
+            StepAction::DeactivateCredential { credential_id } => {
+                let id = credential_id.clone();
+                self.mutate(|o| {
+                    o.status.insert(id, CredentialStatus::Inactive);
+                    Ok(())
+                })?;
+                Ok(StepResult::Done {
+                    detail: format!("credential `{credential_id}` is inactive"),
+                })
+            }
+            StepAction::DeleteCredential { credential_id } => {
+                let id = credential_id.clone();
+                self.mutate(|o| {
+                    o.status.remove(&id);
+                    for creds in o.added.values_mut() {
+                        creds.retain(|c| c.id != id);
+                    }
+                    o.deleted.insert(id);
+                    Ok(())
+                })?;
+                Ok(StepResult::Done {
+                    detail: format!("credential `{credential_id}` is deleted"),
+                })
+            }
+            StepAction::DisableSignIn => {
+                self.mutate(|o| {
+                    o.disabled.insert(identity_id.clone());
+                    Ok(())
+                })?;
+                Ok(StepResult::Done {
+                    detail: format!("sign-in for `{identity_id}` is disabled"),
+                })
+            }
+        }
+    }
+
+    async fn rollback_step(
+        &self,
+        plan: &ApprovedPlan,
+        step: &PlanStep,
+    ) -> Result<String, ProviderError> {
+        match &step.action {
+            StepAction::CreateCredential {
+                credential_kind, ..
+            } => {
+                let new_id =
+                    Self::new_credential_id(plan, *credential_kind).map_err(|m| self.refused(m))?;
+                let identity_id = plan.identity_id().clone();
+                let removed = self.mutate(|o| {
+                    let creds = o.added.entry(identity_id).or_default();
+                    let before = creds.len();
+                    creds.retain(|c| c.id != new_id);
+                    Ok(before != creds.len())
+                })?;
+                Ok(if removed {
+                    format!("removed the half-made credential `{new_id}`")
+                } else {
+                    "nothing to undo: no credential had been created".to_owned()
+                })
+            }
+            // The other steps are idempotent: running them again is the recovery.
+            _ => Ok("nothing to undo".to_owned()),
+        }
+    }
+}

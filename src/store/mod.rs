@@ -1,0 +1,509 @@
+//! Persistence: proposals, approvals, used token ids, execution steps and the audit chain.
+//! The only module that knows SQL. A backend is a variant of `Store`; SQLite (the embedded
+//! default) is the one built so far.
+//!
+//! Every write goes through a `Tx`, begun `IMMEDIATE` so that writers (the server and a CLI
+//! `approve` in another process) serialize, and the audit record of a change commits with it.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::audit::{self, AuditEntry, AuditRecord, Decision};
+use crate::config::DatabaseConfig;
+use crate::model::proposal::{Approval, StepPhase, StepRecord, StepStatus};
+use crate::model::{IdentityId, Proposal, ProposalBody, ProposalId, ProposalStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Which proposals to list.
+#[derive(Debug, Default, Clone)]
+pub struct ProposalFilter {
+    pub status: Option<ProposalStatus>,
+    pub identity_id: Option<IdentityId>,
+    /// Only proposals whose id sorts after this one (keyset paging).
+    pub after: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(SqlitePool),
+}
+
+pub struct Tx {
+    inner: sqlx::Transaction<'static, sqlx::Sqlite>,
+}
+
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn parse_ts(raw: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("time `{raw}`: {e}")))
+}
+
+fn parse_opt_ts(raw: Option<String>) -> Result<Option<DateTime<Utc>>> {
+    raw.as_deref().map(parse_ts).transpose()
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and runs pending migrations.
+    pub async fn open(config: &DatabaseConfig) -> Result<Self> {
+        match config {
+            DatabaseConfig::Sqlite(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StoreError::Corrupt(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+                let options = SqliteConnectOptions::from_str("sqlite:")?
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(10));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(options)
+                    .await?;
+                SQLITE_MIGRATIONS.run(&pool).await?;
+                Ok(Self::Sqlite(pool))
+            }
+        }
+    }
+
+    pub async fn begin(&self) -> Result<Tx> {
+        match self {
+            Self::Sqlite(pool) => Ok(Tx {
+                inner: pool.begin_with("BEGIN IMMEDIATE").await?,
+            }),
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(pool) => pool.close().await,
+        }
+    }
+
+    pub async fn proposal(&self, id: &ProposalId) -> Result<Option<Proposal>> {
+        let mut tx = self.begin_read().await?;
+        let p = load_proposal(&mut tx, id.as_str()).await?;
+        tx.commit().await?;
+        Ok(p)
+    }
+
+    pub async fn list_proposals(
+        &self,
+        filter: &ProposalFilter,
+        limit: u32,
+    ) -> Result<Vec<Proposal>> {
+        let mut tx = self.begin_read().await?;
+        let rows = sqlx::query(
+            "SELECT id FROM proposals
+             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR identity_id = $2)
+               AND ($3 IS NULL OR id > $3)
+             ORDER BY id LIMIT $4",
+        )
+        .bind(filter.status.map(ProposalStatus::as_str))
+        .bind(filter.identity_id.as_ref().map(IdentityId::as_str))
+        .bind(filter.after.as_deref())
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            if let Some(p) = load_proposal(&mut tx, &id).await? {
+                out.push(p);
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Proposals in `status` whose deadline has passed before `now`.
+    pub async fn overdue(
+        &self,
+        status: ProposalStatus,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ProposalId>> {
+        self.ids_where("status = $1 AND deadline < $2", status, now)
+            .await
+    }
+
+    /// Applying proposals whose next scheduled step is due at `now`.
+    pub async fn due_steps(&self, now: DateTime<Utc>) -> Result<Vec<ProposalId>> {
+        self.ids_where(
+            "status = $1 AND next_step_at IS NOT NULL AND next_step_at <= $2",
+            ProposalStatus::Applying,
+            now,
+        )
+        .await
+    }
+
+    /// Applying proposals with no step scheduled: an apply that a stopped process left behind.
+    pub async fn interrupted(&self) -> Result<Vec<ProposalId>> {
+        self.ids_where(
+            "status = $1 AND next_step_at IS NULL AND created_at < $2",
+            ProposalStatus::Applying,
+            Utc::now(),
+        )
+        .await
+    }
+
+    async fn ids_where(
+        &self,
+        condition: &str,
+        status: ProposalStatus,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ProposalId>> {
+        let Self::Sqlite(pool) = self;
+        let rows = sqlx::query(&format!(
+            "SELECT id FROM proposals WHERE {condition} ORDER BY id"
+        ))
+        .bind(status.as_str())
+        .bind(ts(now))
+        .fetch_all(pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get("id")?;
+                ProposalId::parse(&id).map_err(|e| StoreError::Corrupt(e.0))
+            })
+            .collect()
+    }
+
+    /// The whole audit chain in order.
+    pub async fn audit_records(&self) -> Result<Vec<AuditRecord>> {
+        let Self::Sqlite(pool) = self;
+        let rows = sqlx::query("SELECT * FROM audit_log ORDER BY seq")
+            .fetch_all(pool)
+            .await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn begin_read(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        let Self::Sqlite(pool) = self;
+        Ok(pool.begin().await?)
+    }
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<()> {
+        Ok(self.inner.commit().await?)
+    }
+
+    pub async fn proposal(&mut self, id: &ProposalId) -> Result<Option<Proposal>> {
+        load_proposal(&mut self.inner, id.as_str()).await
+    }
+
+    /// The open proposal for the same change, if there is one.
+    pub async fn open_proposal_for(&mut self, body: &ProposalBody) -> Result<Option<Proposal>> {
+        let row = sqlx::query(
+            "SELECT id FROM proposals WHERE identity_id = $1 AND action = $2 AND credential_id = $3
+             AND status IN ('pending_approval', 'approved', 'applying')",
+        )
+        .bind(body.identity_id.as_str())
+        .bind(body.action.as_str())
+        .bind(body.credential_id.as_ref().map_or("", |c| c.as_str()))
+        .fetch_optional(&mut *self.inner)
+        .await?;
+        match row {
+            Some(r) => {
+                let id: String = r.try_get("id")?;
+                load_proposal(&mut self.inner, &id).await
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub async fn insert_proposal(&mut self, p: &Proposal) -> Result<()> {
+        let body =
+            serde_json::to_string(&p.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO proposals (id, identity_id, action, credential_id, status, requester,
+               created_at, deadline, digest, body, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(p.body.id.as_str())
+        .bind(p.body.identity_id.as_str())
+        .bind(p.body.action.as_str())
+        .bind(p.body.credential_id.as_ref().map_or("", |c| c.as_str()))
+        .bind(p.status.as_str())
+        .bind(&p.body.requester)
+        .bind(ts(p.body.created_at))
+        .bind(ts(p.deadline))
+        .bind(&p.digest)
+        .bind(body)
+        .bind(ts(p.updated_at))
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(())
+    }
+
+    /// Moves `id` from `from` to `to` if it is still in `from`; false if it was not.
+    pub async fn transition(
+        &mut self,
+        id: &ProposalId,
+        from: ProposalStatus,
+        to: ProposalStatus,
+    ) -> Result<bool> {
+        debug_assert!(from.can_become(to), "{from:?} -> {to:?}");
+        let done = sqlx::query(
+            "UPDATE proposals SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4",
+        )
+        .bind(to.as_str())
+        .bind(ts(Utc::now()))
+        .bind(id.as_str())
+        .bind(from.as_str())
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn set_deadline(&mut self, id: &ProposalId, deadline: DateTime<Utc>) -> Result<()> {
+        sqlx::query("UPDATE proposals SET deadline = $1 WHERE id = $2")
+            .bind(ts(deadline))
+            .bind(id.as_str())
+            .execute(&mut *self.inner)
+            .await?;
+        Ok(())
+    }
+
+    /// Records an approval; false if this approver had already approved.
+    pub async fn add_approval(
+        &mut self,
+        id: &ProposalId,
+        approver: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO approvals (proposal_id, approver, approved_at) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(id.as_str())
+        .bind(approver)
+        .bind(ts(at))
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Consumes an approval token id; false if it was used before.
+    pub async fn consume_token(
+        &mut self,
+        jti: &str,
+        id: &ProposalId,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO used_tokens (jti, proposal_id, used_at) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(jti)
+        .bind(id.as_str())
+        .bind(ts(at))
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn record_step(&mut self, id: &ProposalId, step: &StepRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO execution_steps (proposal_id, step_index, phase, status, detail, at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id.as_str())
+        .bind(i64::from(step.index))
+        .bind(enum_str(&step.phase))
+        .bind(enum_str(&step.status))
+        .bind(&step.detail)
+        .bind(ts(step.at))
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(())
+    }
+
+    /// Sets what the workflow has to say about the proposal so far.
+    pub async fn set_progress(
+        &mut self,
+        id: &ProposalId,
+        outcome: Option<&str>,
+        sink_ref: Option<&str>,
+        next_step_at: Option<DateTime<Utc>>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE proposals SET outcome = COALESCE($1, outcome), sink_ref = COALESCE($2, sink_ref),
+               next_step_at = $3, updated_at = $4 WHERE id = $5",
+        )
+        .bind(outcome)
+        .bind(sink_ref)
+        .bind(next_step_at.map(ts))
+        .bind(ts(Utc::now()))
+        .bind(id.as_str())
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(())
+    }
+
+    /// Appends `entry` to the audit chain, after the current head.
+    pub async fn append_audit(&mut self, entry: AuditEntry) -> Result<AuditRecord> {
+        let head = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *self.inner)
+            .await?;
+        let (seq, prev_hash) = match head {
+            Some(row) => (
+                row.try_get::<i64, _>("seq")? + 1,
+                row.try_get::<String, _>("hash")?,
+            ),
+            None => (1, audit::GENESIS_HASH.to_owned()),
+        };
+        let hash = audit::chain_hash(seq, &prev_hash, &entry);
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at, principal, action, arguments, arguments_digest, decision,
+               reason, policy_ids, proposal_id, outcome, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(seq)
+        .bind(ts(entry.at))
+        .bind(&entry.principal)
+        .bind(&entry.action)
+        .bind(entry.arguments.to_string())
+        .bind(&entry.arguments_digest)
+        .bind(entry.decision.as_str())
+        .bind(entry.reason.as_deref())
+        .bind(serde_json::Value::from(entry.policy_ids.clone()).to_string())
+        .bind(entry.proposal_id.as_deref())
+        .bind(entry.outcome.as_deref())
+        .bind(&prev_hash)
+        .bind(&hash)
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(AuditRecord {
+            seq,
+            entry,
+            prev_hash,
+            hash,
+        })
+    }
+}
+
+fn enum_str<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+fn enum_from<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(raw.to_owned()))
+        .map_err(|e| StoreError::Corrupt(format!("`{raw}`: {e}")))
+}
+
+async fn load_proposal(conn: &mut sqlx::SqliteConnection, id: &str) -> Result<Option<Proposal>> {
+    let Some(row) = sqlx::query("SELECT * FROM proposals WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let body: String = row.try_get("body")?;
+    let body: ProposalBody = serde_json::from_str(&body)
+        .map_err(|e| StoreError::Corrupt(format!("proposal {id}: {e}")))?;
+    let status: String = row.try_get("status")?;
+    let status = ProposalStatus::parse(&status)
+        .ok_or_else(|| StoreError::Corrupt(format!("proposal {id}: status `{status}`")))?;
+
+    let approvals = sqlx::query(
+        "SELECT approver, approved_at FROM approvals WHERE proposal_id = $1 ORDER BY approved_at, approver",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(Approval {
+            approver: r.try_get("approver")?,
+            approved_at: parse_ts(&r.try_get::<String, _>("approved_at")?)?,
+        })
+    })
+    .collect::<Result<Vec<_>>>()?;
+
+    let execution = sqlx::query(
+        "SELECT step_index, phase, status, detail, at FROM execution_steps WHERE proposal_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(StepRecord {
+            index: u32::try_from(r.try_get::<i64, _>("step_index")?).unwrap_or(u32::MAX),
+            phase: enum_from::<StepPhase>(&r.try_get::<String, _>("phase")?)?,
+            status: enum_from::<StepStatus>(&r.try_get::<String, _>("status")?)?,
+            detail: r.try_get("detail")?,
+            at: parse_ts(&r.try_get::<String, _>("at")?)?,
+        })
+    })
+    .collect::<Result<Vec<_>>>()?;
+
+    Ok(Some(Proposal {
+        digest: row.try_get("digest")?,
+        status,
+        deadline: parse_ts(&row.try_get::<String, _>("deadline")?)?,
+        approvals,
+        execution,
+        outcome: row.try_get("outcome")?,
+        sink_ref: row.try_get("sink_ref")?,
+        next_step_at: parse_opt_ts(row.try_get("next_step_at")?)?,
+        updated_at: parse_ts(&row.try_get::<String, _>("updated_at")?)?,
+        body,
+    }))
+}
+
+fn audit_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AuditRecord> {
+    let corrupt = |what: &str, e: String| StoreError::Corrupt(format!("audit {what}: {e}"));
+    let decision: String = row.try_get("decision")?;
+    let arguments: String = row.try_get("arguments")?;
+    let policy_ids: String = row.try_get("policy_ids")?;
+    Ok(AuditRecord {
+        seq: row.try_get("seq")?,
+        entry: AuditEntry {
+            at: parse_ts(&row.try_get::<String, _>("at")?)?,
+            principal: row.try_get("principal")?,
+            action: row.try_get("action")?,
+            arguments: serde_json::from_str(&arguments)
+                .map_err(|e| corrupt("arguments", e.to_string()))?,
+            arguments_digest: row.try_get("arguments_digest")?,
+            decision: Decision::parse(&decision)
+                .ok_or_else(|| corrupt("decision", decision.clone()))?,
+            reason: row.try_get("reason")?,
+            policy_ids: serde_json::from_str(&policy_ids)
+                .map_err(|e| corrupt("policy ids", e.to_string()))?,
+            proposal_id: row.try_get("proposal_id")?,
+            outcome: row.try_get("outcome")?,
+        },
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
