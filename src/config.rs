@@ -203,7 +203,7 @@ pub struct Config {
     pub approval: ApprovalConfig,
     pub thresholds: Thresholds,
     pub providers: Vec<ProviderConfig>,
-    /// Pause before each execution step; for crash testing only.
+    /// Pause after each step's external call, before its outcome is recorded; crash tests only.
     pub step_pause: Duration,
 }
 

@@ -88,9 +88,6 @@ impl Engine {
                     return self.reload(&id).await;
                 }
             }
-            if !self.step_pause.is_zero() {
-                tokio::time::sleep(self.step_pause).await;
-            }
             let mut tx = self.store.begin().await?;
             tx.record_step(
                 &id,
@@ -107,6 +104,11 @@ impl Engine {
 
             let result =
                 with_timeout(provider.apply_step(&plan, &step), provider.name().as_str()).await;
+            if !self.step_pause.is_zero() {
+                // Crash tests stop the process here: the external call is done, its outcome
+                // (and for a new credential, its secret) not yet recorded.
+                tokio::time::sleep(self.step_pause).await;
+            }
             let outcome = match result {
                 Ok(StepResult::Created {
                     credential_id,

@@ -48,6 +48,10 @@ pub enum EngineError {
     /// The request is well-formed but refused (token checks, state conflicts); the message says why.
     #[error("{0}")]
     Refused(String),
+    /// The target changed since the proposal's snapshot; the proposal was expired and the
+    /// refusal audited in that same transaction.
+    #[error("{0}")]
+    Stale(String),
     #[error("{0}")]
     Provider(#[from] ProviderError),
     #[error("internal error: {0}")]
@@ -69,7 +73,7 @@ impl From<crate::model::InvalidInput> for EngineError {
 impl EngineError {
     fn decision(&self) -> Decision {
         match self {
-            Self::MissingScope { .. } | Self::Refused(_) => Decision::Deny,
+            Self::MissingScope { .. } | Self::Refused(_) | Self::Stale(_) => Decision::Deny,
             _ => Decision::Error,
         }
     }
@@ -261,7 +265,8 @@ impl Engine {
             if let EngineError::Internal(detail) = e {
                 tracing::error!(tool = %caller.tool, %detail, "internal error");
             }
-            if !matches!(e, EngineError::MissingScope { .. }) {
+            // Both are audited where they arise (the stale refusal with its state change).
+            if !matches!(e, EngineError::MissingScope { .. } | EngineError::Stale(_)) {
                 self.audit_failure(caller, e, proposal).await;
             }
         }

@@ -431,11 +431,14 @@ impl Engine {
                 caller
                     .entry(Decision::Deny)
                     .proposal(proposal.body.id.as_str())
-                    .reason("target changed since the snapshot; proposal is stale"),
+                    .reason(format!(
+                        "`{}` changed since the snapshot; the proposal is stale",
+                        proposal.body.identity_id
+                    )),
             )
             .await?;
             tx.commit().await?;
-            return Err(EngineError::Refused(format!(
+            return Err(EngineError::Stale(format!(
                 "`{}` changed after proposal `{}` was made; the proposal is stale and needs to be proposed and approved again",
                 proposal.body.identity_id, proposal.body.id
             )));

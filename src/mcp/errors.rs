@@ -1,7 +1,9 @@
 //! The one mapping from engine errors to what an MCP client sees.
 //!
-//! - Malformed arguments → a JSON-RPC invalid-params error.
-//! - Anything the agent can read and act on (not found, missing scope, refused token, provider
+//! - Malformed arguments → a tool result with `isError`, like rmcp's own answer for arguments
+//!   that do not parse: since MCP 2025-11-25 (SEP-1303) input validation errors are tool
+//!   execution errors, so that the model reads them and corrects its call.
+//! - Anything else the agent can read and act on (not found, missing scope, refused token, provider
 //!   said no) → a tool result with `isError` and one clear sentence.
 //! - Internal failures → logged with detail; the agent gets a short, vague sentence.
 
@@ -34,8 +36,9 @@ impl From<EngineError> for ToolError {
 impl IntoCallToolResult for ToolError {
     fn into_call_tool_result(self) -> Result<CallToolResponse, ErrorData> {
         match self {
-            Self::InvalidParams(m) => Err(ErrorData::invalid_params(m, None)),
-            Self::Agent(m) => Ok(CallToolResult::error(vec![ContentBlock::text(m)]).into()),
+            Self::InvalidParams(m) | Self::Agent(m) => {
+                Ok(CallToolResult::error(vec![ContentBlock::text(m)]).into())
+            }
             Self::Internal => Ok(CallToolResult::error(vec![ContentBlock::text(
                 "internal error; the server log has the details",
             )])

@@ -547,16 +547,27 @@ impl ServerHandler for NhiServer {
             })
             .await;
         let (response, reached) = result;
-        if let Err(e) = &response
-            && !reached
-        {
-            let caller = Caller::new(&self.principal, &name, arguments);
-            let what =
+        let refused = match &response {
+            Err(e) => Some(
                 if e.code == ErrorCode::METHOD_NOT_FOUND || self.tool_router.get(&name).is_none() {
                     format!("unknown tool {}", crate::model::quote_input(&name))
                 } else {
                     e.message.to_string()
-                };
+                },
+            ),
+            Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => Some(
+                r.content
+                    .iter()
+                    .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            Ok(_) => None,
+        };
+        if let Some(what) = refused
+            && !reached
+        {
+            let caller = Caller::new(&self.principal, &name, arguments);
             self.engine.audit_invalid_call(&caller, &what).await;
         }
         response

@@ -193,6 +193,7 @@ pub struct StepRecord {
 /// A stored proposal: its body and digest plus the state the workflow has put it in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Proposal {
+    #[serde(flatten)]
     pub body: ProposalBody,
     pub digest: String,
     pub status: ProposalStatus,

@@ -1,0 +1,327 @@
+//! Test harness: a temporary data dir and config, the CLI, and real MCP clients.
+
+#![allow(
+    dead_code,
+    reason = "each test module uses a different part of the harness"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use rmcp::model::{CallToolRequestParams, ClientConfig};
+use rmcp::service::RunningService;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_nhi-mcp");
+
+/// A fresh data dir, optionally with a config file.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub config: Option<PathBuf>,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        Self {
+            dir,
+            data,
+            config: None,
+        }
+    }
+
+    pub fn with_config(toml: &str) -> Self {
+        let mut env = Self::new();
+        let path = env.dir.path().join("config.toml");
+        std::fs::write(&path, toml).expect("write config");
+        env.config = Some(path);
+        env
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `nhi-mcp --data-dir D [--config C] ARGS...`
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.arg("--data-dir").arg(&self.data);
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.args(args)
+            .env_remove("NHI_MCP_CONFIG")
+            .env_remove("NHI_MCP_DATA_DIR");
+        cmd
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run nhi-mcp")
+    }
+
+    /// Approves `proposal` as `approver`; returns the token printed on stdout.
+    pub fn approve(&self, proposal: &str, approver: &str) -> String {
+        let out = self.cli(&["approve", proposal, "--approver", approver]);
+        assert!(
+            out.status.success(),
+            "approve failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_owned();
+        assert_eq!(
+            token.split('.').count(),
+            3,
+            "stdout is not a JWT alone: {token:?}"
+        );
+        token
+    }
+
+    /// The audit log as exported for a SIEM.
+    pub fn audit(&self) -> Vec<Value> {
+        let out = self.cli(&["audit", "export"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect()
+    }
+
+    pub fn stderr_log(&self) -> PathBuf {
+        self.path("server.stderr")
+    }
+
+    /// Spawns `serve` over stdio and connects the rmcp client to it. Server logs go to
+    /// `stderr_log()` (appended).
+    pub async fn stdio(&self) -> Client {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.stderr_log())
+            .expect("log file");
+        let cmd = tokio::process::Command::from(self.command(&["serve"]));
+        let (transport, _) = TokioChildProcess::builder(cmd)
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn nhi-mcp serve");
+        let service = ClientConfig::default()
+            .serve(transport)
+            .await
+            .expect("MCP handshake over stdio");
+        Client { service }
+    }
+
+    /// Spawns `serve --http 127.0.0.1:0` and returns it with its base URL (read from its log).
+    pub fn http_server(&self) -> HttpServer {
+        let log = self.path("http.stderr");
+        let mut child = self
+            .command(&["serve", "--http", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn serve --http");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(pos) = text.find("listening on http://") {
+                let rest = &text[pos + "listening on ".len()..];
+                let url = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                return HttpServer { child, url, log };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("serve --http exited with {status}: {text}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "serve --http did not start: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+pub struct HttpServer {
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT/mcp`
+    pub url: String,
+    pub log: PathBuf,
+}
+
+impl HttpServer {
+    pub async fn client(&self) -> Client {
+        let transport = StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(self.url.clone()),
+        );
+        let service = ClientConfig::default()
+            .serve(transport)
+            .await
+            .expect("MCP handshake over HTTP");
+        Client { service }
+    }
+
+    pub fn base(&self) -> String {
+        self.url.trim_end_matches("/mcp").to_owned()
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a tool call answered.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// `structuredContent` of a successful result.
+    Ok(Value),
+    /// The text of a result with `isError: true`.
+    ToolError(String),
+    /// A JSON-RPC error: code and message.
+    Rpc(i32, String),
+}
+
+impl Answer {
+    pub fn ok(self) -> Value {
+        match self {
+            Self::Ok(v) => v,
+            other => panic!("expected a successful result, got {other:?}"),
+        }
+    }
+
+    pub fn tool_error(self) -> String {
+        match self {
+            Self::ToolError(m) => m,
+            other => panic!("expected a tool error, got {other:?}"),
+        }
+    }
+
+    /// Everything the client received, as text (for secret scans).
+    pub fn text(&self) -> String {
+        match self {
+            Self::Ok(v) => v.to_string(),
+            Self::ToolError(m) | Self::Rpc(_, m) => m.clone(),
+        }
+    }
+}
+
+pub struct Client {
+    pub service: RunningService<RoleClient, ClientConfig>,
+}
+
+impl Client {
+    pub async fn call(&self, tool: &str, args: Value) -> Answer {
+        let mut params = CallToolRequestParams::new(tool.to_owned());
+        if let Value::Object(map) = args {
+            params = params.with_arguments(map);
+        }
+        match self.service.call_tool(params).await {
+            Ok(result) if result.is_error == Some(true) => Answer::ToolError(
+                result
+                    .content
+                    .iter()
+                    .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            Ok(result) => Answer::Ok(result.structured_content.expect("structuredContent")),
+            Err(rmcp::ServiceError::McpError(e)) => Answer::Rpc(e.code.0, e.message.to_string()),
+            Err(e) => panic!("transport failure calling {tool}: {e}"),
+        }
+    }
+
+    pub async fn tools(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .service
+            .list_all_tools()
+            .await
+            .expect("tools/list")
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub async fn close(self) {
+        let _ = self.service.cancel().await;
+    }
+}
+
+/// The first identity with a single active credential older than the rotation maximum:
+/// `(identity id, credential id)`.
+pub async fn rotation_target(client: &Client) -> (String, String) {
+    let page = client
+        .call(
+            "list_findings",
+            json!({"finding": "credential_too_old", "limit": 500}),
+        )
+        .await
+        .ok();
+    for f in page["findings"].as_array().expect("findings") {
+        let id = f["identity_id"].as_str().expect("id").to_owned();
+        let detail = client
+            .call("get_identity", json!({"identity_id": id}))
+            .await
+            .ok();
+        let active: Vec<&Value> = detail["identity"]["credentials"]
+            .as_array()
+            .expect("credentials")
+            .iter()
+            .filter(|c| c["status"] == "active")
+            .collect();
+        if active.len() == 1
+            && detail["open_proposals"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+        {
+            return (id, active[0]["id"].as_str().expect("cred").to_owned());
+        }
+    }
+    panic!("no rotation target in the demo inventory");
+}
+
+/// Proposes a rotation with grace 0 and returns the proposal id.
+pub async fn propose(client: &Client, identity: &str, credential: &str) -> String {
+    let out = client
+        .call(
+            "propose_rotation",
+            json!({"identity_id": identity, "credential_id": credential, "grace_period": "0s", "reason": "integration test"}),
+        )
+        .await
+        .ok();
+    assert_eq!(out["proposal"]["status"], "pending_approval", "{out}");
+    out["proposal"]["id"].as_str().expect("id").to_owned()
+}
+
+/// The secret a rotation delivered to the file sink.
+pub fn sink_secret(data: &Path, proposal: &str) -> String {
+    let path = data.join("secrets").join(format!("{proposal}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let v: Value = serde_json::from_str(&text).expect("sink json");
+    v["secret"].as_str().expect("secret").to_owned()
+}
+
+/// Audit records for `action`.
+pub fn audit_for<'a>(records: &'a [Value], action: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["action"] == action).collect()
+}

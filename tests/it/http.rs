@@ -1,0 +1,53 @@
+//! Streamable HTTP at /mcp: the workflow through the rmcp client, health, Host validation.
+
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn workflow_over_http() {
+    let env = Env::new();
+    let server = env.http_server();
+    let client = server.client().await;
+    assert_eq!(client.tools().await.len(), 8);
+    let (identity, credential) = rotation_target(&client).await;
+    let id = propose(&client, &identity, &credential).await;
+    let token = env.approve(&id, "alice@example.com");
+    let applied = client
+        .call(
+            "apply_proposal",
+            json!({"proposal_id": id, "approval_token": token}),
+        )
+        .await
+        .ok();
+    assert_eq!(applied["proposal"]["status"], "applied");
+    client.close().await;
+}
+
+#[tokio::test]
+async fn health_and_dns_rebinding_protection() {
+    let env = Env::new();
+    let server = env.http_server();
+    let http = reqwest::Client::new();
+    let health = http
+        .get(format!("{}/healthz", server.base()))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let evil = http
+        .post(&server.url)
+        .header("Host", "evil.example.com")
+        .header("Accept", "application/json, text/event-stream")
+        .json(&init)
+        .send()
+        .await
+        .expect("post");
+    assert!(
+        evil.status().is_client_error(),
+        "a foreign Host header must be refused: {}",
+        evil.status()
+    );
+}

@@ -1,0 +1,16 @@
+//! Integration tests: one binary, one module per area. Every MCP test drives the real
+//! `nhi-mcp` binary through a real client (rmcp over stdio and Streamable HTTP, the Python SDK,
+//! the MCP conformance suite).
+
+mod common;
+
+mod audit;
+mod bad_input;
+mod contract;
+mod crash;
+mod http;
+mod interop;
+mod refusals;
+mod scopes;
+mod secrets;
+mod workflow;
