@@ -353,7 +353,15 @@ fn validate(
         allowed_hosts: http
             .allowed_hosts
             .unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]),
-        allowed_origins: http.allowed_origins.unwrap_or_default(),
+        // Browsers send `Origin`; only pages served from this machine may call the server.
+        // Clients that are not browsers send none and are not affected.
+        allowed_origins: http.allowed_origins.unwrap_or_else(|| {
+            vec![
+                "http://localhost:*".into(),
+                "http://127.0.0.1:*".into(),
+                "http://[::1]:*".into(),
+            ]
+        }),
         principal: principal("http", http.principal, http.scopes, default_scopes)?,
     };
 
@@ -423,6 +431,18 @@ fn validate(
         }
         let kind = match p.kind.as_str() {
             "inventory" => {
+                for (key, set) in [
+                    ("region", p.region.is_some()),
+                    ("endpoint_url", p.endpoint_url.is_some()),
+                    ("url_env", p.url_env.is_some()),
+                    ("url_file", p.url_file.is_some()),
+                ] {
+                    if set {
+                        return Err(invalid(format!(
+                            "{at}: `{key}` does not apply to kind `inventory`"
+                        )));
+                    }
+                }
                 let path = p
                     .path
                     .ok_or_else(|| invalid(format!("{at}: kind `inventory` needs `path`")))?;

@@ -160,6 +160,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, http: Option<String>) -> anyhow::Result<()> {
+    let addr = match http.as_deref() {
+        None => None,
+        Some("") => Some(config.http.listen),
+        Some(raw) => Some(raw.parse().map_err(|_| {
+            anyhow::anyhow!("`--http` = `{raw}` is not an address like 127.0.0.1:8080")
+        })?),
+    };
+    if let Some(addr) = addr {
+        crate::http::check_listen_address(addr)?;
+    }
+    let _lock = lock_data_dir(&config.data_dir)?;
     let engine = Arc::new(Engine::open(&config).await?);
     for (id, what) in engine.recover().await? {
         tracing::warn!(proposal = %id, "{what}");
@@ -181,15 +192,8 @@ async fn serve(config: Config, http: Option<String>) -> anyhow::Result<()> {
             }
         }
     });
-    let result = match http {
+    let result = match addr {
         Some(addr) => {
-            let addr = if addr.is_empty() {
-                config.http.listen
-            } else {
-                addr.parse().map_err(|_| {
-                    anyhow::anyhow!("`--http` = `{addr}` is not an address like 127.0.0.1:8080")
-                })?
-            };
             let shutdown = cancel.clone();
             tokio::spawn(async move {
                 shutdown_signal().await;
@@ -214,6 +218,43 @@ async fn serve(config: Config, http: Option<String>) -> anyhow::Result<()> {
     let _ = ticker.await;
     engine.store().close().await;
     result
+}
+
+/// One `serve` per data dir: two would overwrite each other's inventory state, and each would
+/// take the other's running apply for an interrupted one. The lock goes with the process.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "data dir {} is accessible to other users (mode {:o}); `chmod 700` it",
+            dir.display(),
+            mode & 0o777
+        );
+    }
+    let path = dir.join("serve.lock");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another `nhi-mcp serve` is using data dir {}; stop it, or give this one its own `--data-dir`",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -102,8 +102,25 @@ impl Engine {
             tx.set_progress(&id, None, None, None).await?;
             tx.commit().await?;
 
-            let result =
-                with_timeout(provider.apply_step(&plan, &step), provider.name().as_str()).await;
+            // A create step that ran before (a failed attempt) may have left a credential whose
+            // secret never reached the sink: undo it before creating again.
+            let retried = p.execution.iter().any(|r| r.index == step.index);
+            let undo = if retried && is_create(&step) {
+                with_timeout(
+                    provider.rollback_step(&plan, &step),
+                    provider.name().as_str(),
+                )
+                .await
+                .map(|_| ())
+            } else {
+                Ok(())
+            };
+            let result = match undo {
+                Ok(()) => {
+                    with_timeout(provider.apply_step(&plan, &step), provider.name().as_str()).await
+                }
+                Err(e) => Err(e),
+            };
             if !self.step_pause.is_zero() {
                 // Crash tests stop the process here: the external call is done, its outcome
                 // (and for a new credential, its secret) not yet recorded.
@@ -125,21 +142,12 @@ impl Engine {
                             ),
                             Some(sink_ref),
                         )),
-                        Err(e) => {
-                            // The secret exists nowhere else: undo the credential rather than leave it.
-                            let undo = provider.rollback_step(&plan, &step).await;
-                            Err(EngineError::Provider(ProviderError::Unavailable {
-                                provider: provider.name().to_string(),
-                                message: format!(
-                                    "{e}; the new credential was {}",
-                                    if undo.is_ok() {
-                                        "removed"
-                                    } else {
-                                        "NOT removed (recovery will retry)"
-                                    }
-                                ),
-                            }))
-                        }
+                        // The secret exists nowhere else; the credential is undone before any
+                        // retry, or when the step finally fails.
+                        Err(e) => Err(EngineError::Provider(ProviderError::Unavailable {
+                            provider: provider.name().to_string(),
+                            message: format!("{e}; the new credential is undone before a retry"),
+                        })),
                     }
                 }
                 Ok(StepResult::Done { detail }) => Ok((detail, None)),
@@ -215,6 +223,10 @@ impl Engine {
         step: &PlanStep,
         err: EngineError,
     ) -> EngineError {
+        let provider = match self.provider_for(plan.identity_id()) {
+            Ok(p) => p.clone(),
+            Err(e) => return e,
+        };
         let id = &p.body.id;
         let attempts = 1 + p
             .execution
@@ -247,7 +259,15 @@ impl Engine {
                 tx.append_audit(step_entry(p, step, Decision::Error, &detail))
                     .await?;
             } else {
-                let detail = format!("step {} failed: {err}", step.index);
+                let mut detail = format!("step {} failed: {err}", step.index);
+                if is_create(step) {
+                    match provider.rollback_step(plan, step).await {
+                        Ok(d) => detail.push_str(&format!("; rolled back: {d}")),
+                        Err(e) => detail.push_str(&format!(
+                            "; the half-made credential could not be removed ({e}): remove it by hand"
+                        )),
+                    }
+                }
                 tx.record_step(
                     id,
                     &record(step.index, StepPhase::Outcome, StepStatus::Failed, &detail),
@@ -271,7 +291,6 @@ impl Engine {
         if let Err(e) = result {
             tracing::error!(error = %e, proposal = %id, "cannot record a failed step");
         }
-        let _ = plan;
         err
     }
 
@@ -281,69 +300,87 @@ impl Engine {
     pub async fn recover(&self) -> Result<Vec<(ProposalId, String)>> {
         let mut report = Vec::new();
         for id in self.store.interrupted().await? {
-            let p = self.reload(&id).await?;
-            let Some(plan) = ApprovedPlan::of_applying(&p) else {
-                continue;
-            };
-            let provider = self.provider_for(plan.identity_id())?.clone();
-            let note = match p
-                .interrupted_step()
-                .and_then(|i| p.body.plan.iter().find(|s| s.index == i))
-            {
-                Some(step) => {
-                    let undo = with_timeout(
-                        provider.rollback_step(&plan, step),
-                        provider.name().as_str(),
-                    )
-                    .await;
-                    let detail = match &undo {
-                        Ok(d) => format!("interrupted by a stop; rolled back: {d}"),
-                        Err(e) => format!("interrupted by a stop; rollback failed: {e}"),
-                    };
-                    let mut tx = self.store.begin().await?;
-                    tx.record_step(
-                        &id,
-                        &record(
-                            step.index,
-                            StepPhase::Outcome,
-                            StepStatus::RolledBack,
-                            &detail,
-                        ),
-                    )
-                    .await?;
-                    tx.commit().await?;
-                    undo?;
+            // One proposal that cannot be recovered must not keep the others (or the server) down.
+            let what = match self.recover_one(&id).await {
+                Ok(what) => what,
+                Err(e) => {
+                    tracing::error!(proposal = %id, error = %e, "recovery failed; the proposal stays applying");
                     format!(
-                        "recovered after a restart: step {} ({}) was interrupted, rolled back and run again",
-                        step.index,
-                        step_kind(step)
+                        "recovery failed: {e}; the proposal stays applying and is retried at the next start"
                     )
                 }
-                None => "recovered after a restart: resumed at the next step".to_owned(),
             };
-            let mut tx = self.store.begin().await?;
-            tx.set_progress(&id, Some(&note), None, None).await?;
-            tx.append_audit(
-                AuditEntry::new(
-                    SYSTEM,
-                    "recover",
-                    &json!({"proposal_id": id}),
-                    Decision::Allow,
-                )
-                .proposal(id.as_str())
-                .outcome(&note),
-            )
-            .await?;
-            tx.commit().await?;
-            tracing::warn!(proposal = %id, "{note}");
-            let p = self.reload(&id).await?;
-            let result = match self.execute(&p).await {
-                Ok(done) => format!("{note}; now {}", done.status.as_str()),
-                Err(e) => format!("{note}; then: {e}"),
-            };
-            report.push((id, result));
+            report.push((id, what));
         }
         Ok(report)
+    }
+
+    async fn recover_one(&self, id: &ProposalId) -> Result<String> {
+        let id = id.clone();
+        let p = self.reload(&id).await?;
+        let Some(plan) = ApprovedPlan::of_applying(&p) else {
+            return Ok("nothing to recover".to_owned());
+        };
+        let provider = self.provider_for(plan.identity_id())?.clone();
+        let note = match p
+            .interrupted_step()
+            .and_then(|i| p.body.plan.iter().find(|s| s.index == i))
+        {
+            Some(step) => {
+                let undo = with_timeout(
+                    provider.rollback_step(&plan, step),
+                    provider.name().as_str(),
+                )
+                .await;
+                let detail = match &undo {
+                    Ok(d) => format!("interrupted by a stop; rolled back: {d}"),
+                    Err(e) => format!("interrupted by a stop; rollback failed: {e}"),
+                };
+                let mut tx = self.store.begin().await?;
+                tx.record_step(
+                    &id,
+                    &record(
+                        step.index,
+                        StepPhase::Outcome,
+                        if undo.is_ok() {
+                            StepStatus::RolledBack
+                        } else {
+                            StepStatus::Failed
+                        },
+                        &detail,
+                    ),
+                )
+                .await?;
+                tx.commit().await?;
+                undo?;
+                format!(
+                    "recovered after a restart: step {} ({}) was interrupted, rolled back and run again",
+                    step.index,
+                    step_kind(step)
+                )
+            }
+            None => "recovered after a restart: resumed at the next step".to_owned(),
+        };
+        let mut tx = self.store.begin().await?;
+        tx.set_progress(&id, Some(&note), None, None).await?;
+        tx.append_audit(
+            AuditEntry::new(
+                SYSTEM,
+                "recover",
+                &json!({"proposal_id": id}),
+                Decision::Allow,
+            )
+            .proposal(id.as_str())
+            .outcome(&note),
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::warn!(proposal = %id, "{note}");
+        let p = self.reload(&id).await?;
+        Ok(match self.execute(&p).await {
+            Ok(done) => format!("{note}; now {}", done.status.as_str()),
+            Err(e) => format!("{note}; then: {e}"),
+        })
     }
 
     /// Periodic work: expire overdue proposals and run steps whose time has come.
@@ -377,6 +414,10 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+fn is_create(step: &PlanStep) -> bool {
+    matches!(step.action, StepAction::CreateCredential { .. })
 }
 
 fn step_kind(step: &PlanStep) -> &'static str {

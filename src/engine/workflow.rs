@@ -38,6 +38,8 @@ pub struct ProposeOutcome {
     pub proposal: Proposal,
     /// False when an open proposal for the same change already existed and is returned instead.
     pub created: bool,
+    /// Set when an existing proposal is returned: its parameters stand, not this call's.
+    pub note: Option<String>,
     pub approval: Option<ApprovalOutcome>,
 }
 
@@ -47,6 +49,8 @@ pub struct RevokeOutcome {
     /// True when this call executed the revocation (an approval token was given).
     pub executed: bool,
     pub created: bool,
+    /// Set when an existing proposal is returned: its parameters stand, not this call's.
+    pub note: Option<String>,
     pub approval: Option<ApprovalOutcome>,
 }
 
@@ -87,6 +91,15 @@ pub fn parse_grace(raw: Option<&str>) -> Result<Duration> {
         ));
     }
     Ok(grace)
+}
+
+fn existing_note(p: &Proposal, created: bool) -> Option<String> {
+    (!created).then(|| {
+        format!(
+            "an open proposal for this change already exists and is returned unchanged: its grace period ({}) and reason stand, not this call's",
+            humantime::format_duration(Duration::from_secs(p.body.grace_period_secs))
+        )
+    })
 }
 
 fn approval_outcome(p: &Proposal) -> Option<ApprovalOutcome> {
@@ -146,6 +159,7 @@ impl Engine {
             let (proposal, created) = self.insert_or_existing(caller, body).await?;
             Ok(ProposeOutcome {
                 approval: approval_outcome(&proposal),
+                note: existing_note(&proposal, created),
                 proposal,
                 created,
             })
@@ -171,6 +185,7 @@ impl Engine {
                 proposal,
                 executed: true,
                 created: false,
+                note: None,
                 approval: None,
             });
         }
@@ -198,6 +213,7 @@ impl Engine {
             let (proposal, created) = self.insert_or_existing(caller, body).await?;
             Ok(RevokeOutcome {
                 approval: approval_outcome(&proposal),
+                note: existing_note(&proposal, created),
                 proposal,
                 executed: false,
                 created,

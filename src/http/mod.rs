@@ -21,12 +21,11 @@ use crate::mcp::NhiServer;
 /// The router: `/mcp` and `/healthz`.
 pub fn router(engine: Arc<Engine>, config: &HttpConfig, cancel: CancellationToken) -> Router {
     let principal = config.principal.clone();
-    let mut mcp_config = StreamableHttpServerConfig::default()
+    let mcp_config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(config.allowed_hosts.clone())
+        .with_allowed_origins(config.allowed_origins.clone())
+        .enforce_origin_validation()
         .with_cancellation_token(cancel);
-    if !config.allowed_origins.is_empty() {
-        mcp_config = mcp_config.with_allowed_origins(config.allowed_origins.clone());
-    }
     let service: StreamableHttpService<NhiServer, LocalSessionManager> = StreamableHttpService::new(
         move || Ok(NhiServer::new(engine.clone(), principal.clone())),
         Arc::default(),
@@ -38,17 +37,24 @@ pub fn router(engine: Arc<Engine>, config: &HttpConfig, cancel: CancellationToke
 }
 
 /// Serves until `cancel` fires. Refuses non-loopback addresses.
+/// Refuses addresses other than loopback: without bearer authentication every caller would be
+/// the configured principal.
+pub fn check_listen_address(addr: SocketAddr) -> anyhow::Result<()> {
+    if !addr.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {addr}: without bearer authentication, HTTP serves loopback addresses only (use 127.0.0.1)"
+        );
+    }
+    Ok(())
+}
+
 pub async fn serve(
     engine: Arc<Engine>,
     config: &HttpConfig,
     addr: SocketAddr,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    if !addr.ip().is_loopback() {
-        bail!(
-            "refusing to listen on {addr}: without bearer authentication, HTTP serves loopback addresses only (use 127.0.0.1)"
-        );
-    }
+    check_listen_address(addr)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;

@@ -215,7 +215,7 @@ pub fn evaluate(identity: &Identity, thresholds: &Thresholds, now: DateTime<Utc>
                 FindingRule::CredentialTooOld,
                 raise(Severity::Medium),
                 Some(&credential.id),
-                format!("{:?} credential created {age} days ago", credential.kind).to_lowercase(),
+                format!("{} created {age} days ago", credential.kind.as_str()),
                 Some(format!("{} days", thresholds.max_credential_age_days)),
             );
         }

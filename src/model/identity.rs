@@ -23,6 +23,19 @@ pub enum IdentityKind {
     ApiToken,
 }
 
+impl CredentialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AccessKey => "access key",
+            Self::Password => "password",
+            Self::ApiToken => "API token",
+            Self::SshKey => "SSH key",
+            Self::ClientSecret => "client secret",
+            Self::Certificate => "certificate",
+        }
+    }
+}
+
 impl IdentityKind {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -80,8 +80,11 @@ impl Store {
                     .synchronous(SqliteSynchronous::Normal)
                     .foreign_keys(true)
                     .busy_timeout(Duration::from_secs(10));
+                create_private_file(path)?;
                 let pool = SqlitePoolOptions::new()
                     .max_connections(4)
+                    // A local file does not go away between uses; the ping costs a worker round trip.
+                    .test_before_acquire(false)
                     .connect_with(options)
                     .await?;
                 SQLITE_MIGRATIONS.run(&pool).await?;
@@ -146,7 +149,7 @@ impl Store {
         status: ProposalStatus,
         now: DateTime<Utc>,
     ) -> Result<Vec<ProposalId>> {
-        self.ids_where("status = $1 AND deadline < $2", status, now)
+        self.ids_where("status = $1 AND deadline < $2", status, Some(now))
             .await
     }
 
@@ -155,17 +158,18 @@ impl Store {
         self.ids_where(
             "status = $1 AND next_step_at IS NOT NULL AND next_step_at <= $2",
             ProposalStatus::Applying,
-            now,
+            Some(now),
         )
         .await
     }
 
     /// Applying proposals with no step scheduled: an apply that a stopped process left behind.
+    /// Call only at start-up, before this process starts applying anything itself.
     pub async fn interrupted(&self) -> Result<Vec<ProposalId>> {
         self.ids_where(
-            "status = $1 AND next_step_at IS NULL AND created_at < $2",
+            "status = $1 AND next_step_at IS NULL",
             ProposalStatus::Applying,
-            Utc::now(),
+            None,
         )
         .await
     }
@@ -174,16 +178,15 @@ impl Store {
         &self,
         condition: &str,
         status: ProposalStatus,
-        now: DateTime<Utc>,
+        now: Option<DateTime<Utc>>,
     ) -> Result<Vec<ProposalId>> {
         let Self::Sqlite(pool) = self;
-        let rows = sqlx::query(&format!(
-            "SELECT id FROM proposals WHERE {condition} ORDER BY id"
-        ))
-        .bind(status.as_str())
-        .bind(ts(now))
-        .fetch_all(pool)
-        .await?;
+        let sql = format!("SELECT id FROM proposals WHERE {condition} ORDER BY id");
+        let mut query = sqlx::query(&sql).bind(status.as_str());
+        if let Some(now) = now {
+            query = query.bind(ts(now));
+        }
+        let rows = query.fetch_all(pool).await?;
         rows.iter()
             .map(|r| {
                 let id: String = r.try_get("id")?;
@@ -506,4 +509,20 @@ fn audit_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AuditRecord> {
         prev_hash: row.try_get("prev_hash")?,
         hash: row.try_get("hash")?,
     })
+}
+
+/// Creates the database file readable by its owner only, if it does not exist yet.
+fn create_private_file(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map(|_| ())
+        .map_err(|e| StoreError::Corrupt(format!("cannot create {}: {e}", path.display())))
 }

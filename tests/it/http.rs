@@ -51,3 +51,44 @@ async fn health_and_dns_rebinding_protection() {
         evil.status()
     );
 }
+
+#[tokio::test]
+async fn browser_origins_other_than_loopback_are_refused() {
+    let env = Env::new();
+    let server = env.http_server();
+    let http = reqwest::Client::new();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let post = |origin: &'static str| {
+        http.post(&server.url)
+            .header("Origin", origin)
+            .header("Accept", "application/json, text/event-stream")
+            .json(&init)
+            .send()
+    };
+    let foreign = post("https://evil.example.com").await.expect("post");
+    assert_eq!(
+        foreign.status(),
+        403,
+        "a page elsewhere must not reach the server through a browser"
+    );
+    let local = post("http://localhost:3000").await.expect("post");
+    assert!(
+        local.status().is_success(),
+        "a loopback page is allowed: {}",
+        local.status()
+    );
+}
+
+#[tokio::test]
+async fn one_server_per_data_dir() {
+    let env = Env::new();
+    let _first = env.http_server();
+    let second = env.cli(&["serve", "--http", "127.0.0.1:0"]);
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("another `nhi-mcp serve` is using data dir"),
+        "{err}"
+    );
+}

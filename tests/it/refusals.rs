@@ -294,14 +294,17 @@ async fn replayed_token_runs_once() {
 
 #[tokio::test]
 async fn concurrent_applies_run_once() {
-    let a = approved().await;
-    let second = a.env.stdio().await;
+    let env = Env::new();
+    let server = env.http_server();
+    let first = server.client().await;
+    let second = server.client().await;
+    let (identity, credential) = rotation_target(&first).await;
+    let id = propose(&first, &identity, &credential).await;
+    let token = env.approve(&id, "alice@example.com");
+    let args = json!({"proposal_id": id, "approval_token": token});
     let (x, y) = tokio::join!(
-        a.apply(&a.token),
-        second.call(
-            "apply_proposal",
-            json!({"proposal_id": a.id, "approval_token": a.token})
-        ),
+        first.call("apply_proposal", args.clone()),
+        second.call("apply_proposal", args)
     );
     let oks = [&x, &y]
         .iter()
@@ -314,15 +317,15 @@ async fn concurrent_applies_run_once() {
         msg.contains("already") || msg.contains("no longer approved"),
         "{msg}"
     );
-    let d = a
-        .client
-        .call("get_identity", json!({"identity_id": a.identity}))
+    let d = first
+        .call("get_identity", json!({"identity_id": identity}))
         .await
         .ok();
     let creds = d["identity"]["credentials"].as_array().expect("creds");
     assert_eq!(creds.len(), 1, "one rotation happened: {creds:?}");
-    let audit = a.env.audit();
+    let audit = env.audit();
     assert_eq!(audit_for(&audit, "execute_step").len(), 3);
+    first.close().await;
     second.close().await;
 }
 

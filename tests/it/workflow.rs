@@ -100,6 +100,13 @@ async fn rotation_end_to_end_over_stdio() {
         .ok();
     assert_eq!(again["proposal"]["id"], id.as_str());
     assert_eq!(again["created"], false);
+    assert!(
+        again["note"]
+            .as_str()
+            .expect("note")
+            .contains("returned unchanged"),
+        "{again}"
+    );
 
     // A human approves on a separate channel; the agent applies.
     let token = env.approve(&id, "alice@example.com");

@@ -203,8 +203,12 @@ fn apply_overlay(base: &Identity, overlay: &Overlay) -> Identity {
 }
 
 fn persist(path: &Path, overlay: &Overlay) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(overlay).map_err(std::io::Error::other)?;
     {
