@@ -32,6 +32,13 @@ fn step_entry(p: &Proposal, step: &PlanStep, decision: Decision, outcome: &str) 
     .outcome(outcome)
 }
 
+/// An audit entry for what the server does on its own (finish, recover, expire a proposal).
+pub(super) fn system_entry(action: &str, id: &ProposalId, outcome: &str) -> AuditEntry {
+    AuditEntry::new(SYSTEM, action, &json!({"proposal_id": id}), Decision::Allow)
+        .proposal(id.as_str())
+        .outcome(outcome)
+}
+
 fn record(
     index: u32,
     phase: StepPhase,
@@ -198,17 +205,8 @@ impl Engine {
                 _ => summary.to_owned(),
             };
             tx.set_progress(id, Some(&note), None, None).await?;
-            tx.append_audit(
-                AuditEntry::new(
-                    SYSTEM,
-                    "execute",
-                    &json!({"proposal_id": id}),
-                    Decision::Allow,
-                )
-                .proposal(id.as_str())
-                .outcome("applied"),
-            )
-            .await?;
+            tx.append_audit(system_entry("execute", id, "applied"))
+                .await?;
         }
         tx.commit().await?;
         self.reload(id).await
@@ -363,17 +361,7 @@ impl Engine {
         };
         let mut tx = self.store.begin().await?;
         tx.set_progress(&id, Some(&note), None, None).await?;
-        tx.append_audit(
-            AuditEntry::new(
-                SYSTEM,
-                "recover",
-                &json!({"proposal_id": id}),
-                Decision::Allow,
-            )
-            .proposal(id.as_str())
-            .outcome(&note),
-        )
-        .await?;
+        tx.append_audit(system_entry("recover", &id, &note)).await?;
         tx.commit().await?;
         tracing::warn!(proposal = %id, "{note}");
         let p = self.reload(&id).await?;

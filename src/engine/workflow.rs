@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::cursor::{self, Page};
 use super::{Caller, Engine, EngineError, Result};
-use crate::audit::{AuditEntry, Decision};
+use crate::audit::Decision;
 use crate::authz::{ApprovalClaims, Scope};
 use crate::model::ids::check_free_text;
 use crate::model::{
@@ -507,17 +507,8 @@ impl Engine {
         let mut tx = self.store.begin().await?;
         if tx.transition(id, from, ProposalStatus::Expired).await? {
             tx.set_progress(id, Some(why), None, None).await?;
-            tx.append_audit(
-                AuditEntry::new(
-                    "nhi-mcp",
-                    "expire",
-                    &serde_json::json!({"proposal_id": id}),
-                    Decision::Allow,
-                )
-                .proposal(id.as_str())
-                .outcome(why),
-            )
-            .await?;
+            tx.append_audit(super::execute::system_entry("expire", id, why))
+                .await?;
         }
         tx.commit().await?;
         Ok(())
