@@ -466,6 +466,7 @@ fn print_table(modes: &[(&str, Vec<Row>)]) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    nhi_mcp::auth::install_crypto_provider();
     let options = Options::parse()?;
     let data_dir = tempfile::tempdir()?;
     let overrides = Overrides {

@@ -80,10 +80,6 @@ struct RawHttp {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(
-    dead_code,
-    reason = "parsed so that the documented keys are accepted; see validate"
-)]
 struct RawAuth {
     issuer: Option<String>,
     audience: Option<String>,
@@ -177,9 +173,13 @@ pub struct ProviderConfig {
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// This server's resource URI (RFC 8707/9728), e.g. `https://nhi.example.com/mcp`.
+    pub resource: Option<String>,
+    /// Bearer-token authentication; when set, every HTTP call must carry a valid token.
+    pub auth: Option<crate::auth::AuthConfig>,
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
-    /// Until bearer authentication lands, every HTTP caller is this principal.
+    /// Who an HTTP caller is when `[auth]` is not configured (loopback only).
     pub principal: Principal,
 }
 
@@ -284,11 +284,6 @@ fn validate(
     source: Option<&Path>,
     overrides: &Overrides,
 ) -> Result<Config, ConfigError> {
-    if raw.auth.is_some() {
-        return Err(invalid(
-            "`[auth]`: bearer-token authentication is not available in this version; remove the section (HTTP serves loopback only)",
-        ));
-    }
     if raw.policy.is_some() {
         return Err(invalid(
             "`[policy]`: Cedar policies are not available in this version; remove the section",
@@ -347,9 +342,45 @@ fn validate(
             quote_input(listen_raw)
         ))
     })?;
-    let _ = http.resource;
+    if let Some(r) = &http.resource
+        && !(r.starts_with("https://") || r.starts_with("http://"))
+    {
+        return Err(invalid(format!(
+            "`http.resource` = {} must be an http(s) URL",
+            quote_input(r)
+        )));
+    }
+    let auth = match raw.auth {
+        None => None,
+        Some(a) => {
+            let issuer = a
+                .issuer
+                .ok_or_else(|| invalid("`auth.issuer` is required in `[auth]`"))?;
+            if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+                return Err(invalid(format!(
+                    "`auth.issuer` = {} must be an http(s) URL",
+                    quote_input(&issuer)
+                )));
+            }
+            let resource = http.resource.clone().ok_or_else(|| {
+                invalid("`[auth]` needs `http.resource`: this server's resource URI, e.g. `https://nhi.example.com/mcp`")
+            })?;
+            Some(crate::auth::AuthConfig {
+                issuer,
+                audience: a.audience.unwrap_or(resource),
+                jwks_uri: a.jwks_uri,
+            })
+        }
+    };
+    if !listen.ip().is_loopback() && auth.is_none() {
+        return Err(invalid(format!(
+            "`http.listen` = {listen} is not loopback: configure `[auth]` before serving other machines"
+        )));
+    }
     let http = HttpConfig {
         listen,
+        resource: http.resource,
+        auth,
         allowed_hosts: http
             .allowed_hosts
             .unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]),

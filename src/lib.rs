@@ -3,6 +3,7 @@
 //! The crate is laid out along the request flow; `ARCHITECTURE.md` is the map.
 
 pub mod audit;
+pub mod auth;
 pub mod authz;
 pub mod cli;
 pub mod config;

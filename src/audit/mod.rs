@@ -54,7 +54,17 @@ impl Decision {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub at: DateTime<Utc>,
+    /// The subject: configured principal, token `sub`, or approver.
     pub principal: String,
+    /// The token issuer, for bearer-authenticated callers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// The OAuth client the caller used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The scopes the caller presented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
     /// The tool, or the admin action (`approve`, `reject`, `execute_step`, `recover`, ...).
     pub action: String,
     /// The arguments with secret values replaced.
@@ -75,6 +85,9 @@ impl AuditEntry {
             // Stored with millisecond precision; hash what is stored.
             at: Utc::now().trunc_subsecs(3),
             principal: principal.to_owned(),
+            issuer: None,
+            client_id: None,
+            scopes: None,
             action: action.to_owned(),
             arguments: redact(arguments),
             arguments_digest: canonical::digest(arguments).unwrap_or_default(),
@@ -98,6 +111,20 @@ impl AuditEntry {
 
     pub fn outcome(mut self, outcome: impl Into<String>) -> Self {
         self.outcome = Some(outcome.into());
+        self
+    }
+
+    /// The caller as authenticated: issuer, client and the scopes presented.
+    pub fn caller(mut self, principal: &crate::authz::Principal) -> Self {
+        self.issuer = principal.issuer.clone();
+        self.client_id = principal.client_id.clone();
+        self.scopes = Some(
+            principal
+                .scope_list()
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        );
         self
     }
 

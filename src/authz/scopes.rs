@@ -63,8 +63,13 @@ impl fmt::Display for Scope {
 /// The caller of a tool or an admin command, with the scopes it holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
+    /// The subject: the configured stdio/HTTP principal, a token's `sub`, or an approver's name.
     pub id: String,
     pub scopes: BTreeSet<Scope>,
+    /// The token issuer, for principals authenticated by a bearer token.
+    pub issuer: Option<String>,
+    /// The OAuth client the agent used (`client_id` or `azp`).
+    pub client_id: Option<String>,
 }
 
 impl Principal {
@@ -72,6 +77,8 @@ impl Principal {
         Self {
             id: id.into(),
             scopes: scopes.into_iter().collect(),
+            issuer: None,
+            client_id: None,
         }
     }
 

@@ -112,7 +112,9 @@ async fn dispatch(engine: &Engine, config: &Config, command: Command) -> anyhow:
             approver,
         } => {
             let id = ProposalId::parse(&proposal_id).map_err(|e| anyhow::anyhow!(e.0))?;
-            let result = engine.approve(&approver, &id).await?;
+            let result = engine
+                .approve(&Principal::new(approver, [Scope::Approve]), &id)
+                .await?;
             match result.token {
                 Some(token) => {
                     eprintln!(
@@ -134,7 +136,9 @@ async fn dispatch(engine: &Engine, config: &Config, command: Command) -> anyhow:
             reason,
         } => {
             let id = ProposalId::parse(&proposal_id).map_err(|e| anyhow::anyhow!(e.0))?;
-            engine.reject(&approver, &id, &reason).await?;
+            engine
+                .reject(&Principal::new(approver, [Scope::Approve]), &id, &reason)
+                .await?;
             eprintln!("rejected {id}");
         }
         Command::Audit {

@@ -168,7 +168,7 @@ async fn serve(config: Config, http: Option<String>) -> anyhow::Result<()> {
         })?),
     };
     if let Some(addr) = addr {
-        crate::http::check_listen_address(addr)?;
+        crate::http::check_listen_address(addr, config.http.auth.is_some())?;
     }
     let _lock = lock_data_dir(&config.data_dir)?;
     let engine = Arc::new(Engine::open(&config).await?);

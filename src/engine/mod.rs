@@ -99,9 +99,8 @@ impl Caller {
     }
 
     fn entry(&self, decision: Decision) -> AuditEntry {
-        AuditEntry::new(&self.principal.id, &self.tool, &self.arguments, decision).policies(vec![
-            format!("scopes:{}", self.principal.scope_list().join(" ")),
-        ])
+        AuditEntry::new(&self.principal.id, &self.tool, &self.arguments, decision)
+            .caller(&self.principal)
     }
 }
 
@@ -242,6 +241,12 @@ impl Engine {
         if let Err(e) = result {
             tracing::error!(error = %e, tool = %caller.tool, "cannot write the audit record of a refused call");
         }
+    }
+
+    /// Records a request the transport refused (no or bad credentials, missing scope).
+    pub async fn audit_denied(&self, caller: &Caller, reason: &str) {
+        self.audit_failure(caller, &EngineError::Refused(reason.to_owned()), None)
+            .await;
     }
 
     /// Records a call whose arguments did not parse; the transport calls this before answering.

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::cursor::{self, Page};
 use super::{Caller, Engine, EngineError, Result};
 use crate::audit::Decision;
-use crate::authz::{ApprovalClaims, Scope};
+use crate::authz::{ApprovalClaims, Principal, Scope};
 use crate::model::ids::check_free_text;
 use crate::model::{
     Action, CredentialId, IdentityId, Proposal, ProposalBody, ProposalId, ProposalStatus,
@@ -515,8 +515,9 @@ impl Engine {
     }
 
     /// A human approval, from the CLI or the admin API; never from an agent's MCP session.
-    pub async fn approve(&self, approver: &str, id: &ProposalId) -> Result<ApproveResult> {
-        let caller = admin_caller(approver, "approve", serde_json::json!({"proposal_id": id}));
+    pub async fn approve(&self, admin: &Principal, id: &ProposalId) -> Result<ApproveResult> {
+        let approver = admin.id.as_str();
+        let caller = Caller::new(admin, "approve", serde_json::json!({"proposal_id": id}));
         let result = async {
             check_free_text("approver", approver, 128)?;
             let proposal = self
@@ -615,9 +616,15 @@ impl Engine {
         self.finish(&caller, result, Some(id)).await
     }
 
-    pub async fn reject(&self, approver: &str, id: &ProposalId, reason: &str) -> Result<Proposal> {
-        let caller = admin_caller(
-            approver,
+    pub async fn reject(
+        &self,
+        admin: &Principal,
+        id: &ProposalId,
+        reason: &str,
+    ) -> Result<Proposal> {
+        let approver = admin.id.as_str();
+        let caller = Caller::new(
+            admin,
             "reject",
             serde_json::json!({"proposal_id": id, "reason": reason}),
         );
@@ -721,13 +728,5 @@ impl Engine {
             .proposal(id)
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("proposal `{id}` not found")))
-    }
-}
-
-fn admin_caller(approver: &str, action: &str, arguments: serde_json::Value) -> Caller {
-    Caller {
-        principal: crate::authz::Principal::new(approver, [Scope::Approve]),
-        tool: action.to_owned(),
-        arguments,
     }
 }

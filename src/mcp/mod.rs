@@ -5,4 +5,4 @@ mod errors;
 mod tools;
 
 pub use errors::ToolError;
-pub use tools::{NhiServer, TOOL_SCOPES, export_tools};
+pub use tools::{NhiServer, TOOL_SCOPES, export_tools, tool_call_scopes};

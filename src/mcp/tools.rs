@@ -51,6 +51,35 @@ tokio::task_local! {
     /// Set once a handler has handed the call to the engine, which audits it; a call that fails
     /// before that (arguments that do not parse, an unknown tool) is audited by `call_tool`.
     static REACHED_ENGINE: Cell<bool>;
+    /// Who is making the current call: resolved per request in `call_tool`.
+    static CURRENT: Principal;
+}
+
+/// The scopes (any one of them) a `tools/call` needs, from the raw JSON-RPC body: the HTTP layer
+/// answers 403 `insufficient_scope` with them before the call reaches a session. Returns the
+/// tool name, its arguments and the scopes; `None` for any other message.
+pub fn tool_call_scopes(body: &[u8]) -> Option<(String, Value, &'static [Scope])> {
+    let message: Value = serde_json::from_slice(body).ok()?;
+    if message.get("method")?.as_str()? != "tools/call" {
+        return None;
+    }
+    let params = message.get("params")?;
+    let name = params.get("name")?.as_str()?.to_owned();
+    let arguments = params.get("arguments").cloned().unwrap_or(Value::Null);
+    let scopes: &'static [Scope] = if name == "revoke_identity" {
+        // Proposing needs `nhi:propose`; executing with a token needs `nhi:apply`.
+        if arguments
+            .get("approval_token")
+            .is_some_and(|t| !t.is_null())
+        {
+            &[Scope::Apply]
+        } else {
+            &[Scope::Propose]
+        }
+    } else {
+        TOOL_SCOPES.iter().find(|(n, _)| *n == name)?.1
+    };
+    Some((name, arguments, scopes))
 }
 
 fn reached_engine() {
@@ -182,21 +211,42 @@ fn proposal_id(raw: &str) -> Result<ProposalId, ToolError> {
 
 // ---- the server ------------------------------------------------------------------------------
 
-/// One MCP session's server: the engine and the principal the transport vouched for.
+/// One MCP session's server. The caller of each request is the principal the HTTP layer
+/// authenticated (a bearer token), else the configured one (stdio, or HTTP without `[auth]`).
 #[derive(Clone)]
 pub struct NhiServer {
     engine: Arc<Engine>,
-    principal: Principal,
+    /// `None` when every request must carry an authenticated principal.
+    default_principal: Option<Principal>,
     tool_router: ToolRouter<Self>,
 }
 
 impl NhiServer {
+    /// A server whose callers are all `principal` (stdio; loopback HTTP without `[auth]`).
     pub fn new(engine: Arc<Engine>, principal: Principal) -> Self {
         Self {
             engine,
-            principal,
+            default_principal: Some(principal),
             tool_router: Self::tool_router(),
         }
+    }
+
+    /// A server that answers only requests the HTTP layer authenticated.
+    pub fn authenticated(engine: Arc<Engine>) -> Self {
+        Self {
+            engine,
+            default_principal: None,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    fn principal_of(&self, context: &RequestContext<RoleServer>) -> Option<Principal> {
+        context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Principal>())
+            .cloned()
+            .or_else(|| self.default_principal.clone())
     }
 
     /// Every tool definition, unfiltered (for `tools export`).
@@ -206,8 +256,11 @@ impl NhiServer {
 
     fn caller(&self, tool: &str, args: &impl Serialize) -> Caller {
         reached_engine();
+        let principal = CURRENT
+            .try_with(Clone::clone)
+            .unwrap_or_else(|_| Principal::new("unauthenticated", []));
         Caller::new(
-            &self.principal,
+            &principal,
             tool,
             serde_json::to_value(args).unwrap_or(Value::Null),
         )
@@ -511,13 +564,14 @@ impl ServerHandler for NhiServer {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        let principal = self.principal_of(&context);
         let tools = self
             .tool_router
             .list_all()
             .into_iter()
-            .filter(|t| tool_allowed(&t.name, &self.principal))
+            .filter(|t| principal.as_ref().is_some_and(|p| tool_allowed(&t.name, p)))
             .collect();
         Ok(ListToolsResult::with_all_items(tools))
     }
@@ -537,14 +591,25 @@ impl ServerHandler for NhiServer {
             .clone()
             .map(Value::Object)
             .unwrap_or(Value::Null);
-        let result = REACHED_ENGINE
-            .scope(Cell::new(false), async {
-                let r = self
-                    .tool_router
-                    .call(ToolCallContext::new(self, request, context))
-                    .await;
-                (r, REACHED_ENGINE.with(Cell::get))
-            })
+        let Some(principal) = self.principal_of(&context) else {
+            // Fail closed: the HTTP layer lets no request through without a principal.
+            let caller = Caller::new(&Principal::new("unauthenticated", []), &name, arguments);
+            self.engine
+                .audit_invalid_call(&caller, "not authenticated")
+                .await;
+            return Err(ErrorData::invalid_request("not authenticated", None));
+        };
+        let result = CURRENT
+            .scope(
+                principal.clone(),
+                REACHED_ENGINE.scope(Cell::new(false), async {
+                    let r = self
+                        .tool_router
+                        .call(ToolCallContext::new(self, request, context))
+                        .await;
+                    (r, REACHED_ENGINE.with(Cell::get))
+                }),
+            )
             .await;
         let (response, reached) = result;
         let refused = match &response {
@@ -567,7 +632,7 @@ impl ServerHandler for NhiServer {
         if let Some(what) = refused
             && !reached
         {
-            let caller = Caller::new(&self.principal, &name, arguments);
+            let caller = Caller::new(&principal, &name, arguments);
             self.engine.audit_invalid_call(&caller, &what).await;
         }
         response

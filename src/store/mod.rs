@@ -383,8 +383,8 @@ impl Tx {
         let hash = audit::chain_hash(seq, &prev_hash, &entry);
         sqlx::query(
             "INSERT INTO audit_log (seq, at, principal, action, arguments, arguments_digest, decision,
-               reason, policy_ids, proposal_id, outcome, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+               reason, policy_ids, proposal_id, outcome, prev_hash, hash, issuer, client_id, scopes)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(seq)
         .bind(ts(entry.at))
@@ -399,6 +399,9 @@ impl Tx {
         .bind(entry.outcome.as_deref())
         .bind(&prev_hash)
         .bind(&hash)
+        .bind(entry.issuer.as_deref())
+        .bind(entry.client_id.as_deref())
+        .bind(entry.scopes.as_ref().map(|s| serde_json::Value::from(s.clone()).to_string()))
         .execute(&mut *self.inner)
         .await?;
         Ok(AuditRecord {
@@ -489,11 +492,18 @@ fn audit_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AuditRecord> {
     let decision: String = row.try_get("decision")?;
     let arguments: String = row.try_get("arguments")?;
     let policy_ids: String = row.try_get("policy_ids")?;
+    let scopes: Option<String> = row.try_get("scopes")?;
+    let scopes = scopes
+        .map(|s| serde_json::from_str(&s).map_err(|e| corrupt("scopes", e.to_string())))
+        .transpose()?;
     Ok(AuditRecord {
         seq: row.try_get("seq")?,
         entry: AuditEntry {
             at: parse_ts(&row.try_get::<String, _>("at")?)?,
             principal: row.try_get("principal")?,
+            issuer: row.try_get("issuer")?,
+            client_id: row.try_get("client_id")?,
+            scopes,
             action: row.try_get("action")?,
             arguments: serde_json::from_str(&arguments)
                 .map_err(|e| corrupt("arguments", e.to_string()))?,

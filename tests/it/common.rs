@@ -27,6 +27,7 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Self {
+        nhi_mcp::auth::install_crypto_provider();
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
         Self {
@@ -324,4 +325,99 @@ pub fn sink_secret(data: &Path, proposal: &str) -> String {
 /// Audit records for `action`.
 pub fn audit_for<'a>(records: &'a [Value], action: &str) -> Vec<&'a Value> {
     records.iter().filter(|r| r["action"] == action).collect()
+}
+
+/// A real OAuth authorization server (npm `oidc-provider`, started from
+/// `tests/peers/oidc/server.mjs`) issuing client-credentials JWTs with resource indicators.
+pub struct Idp {
+    child: std::process::Child,
+    pub issuer: String,
+}
+
+/// The resource URI the OAuth tests configure and request tokens for.
+pub const RESOURCE: &str = "https://nhi.example.com/mcp";
+
+impl Idp {
+    pub fn start() -> Self {
+        use std::io::BufRead;
+        nhi_mcp::auth::install_crypto_provider();
+        let node = peer_path("NHI_TEST_NODE");
+        let server = peer_path("NHI_TEST_OIDC_SERVER");
+        let mut child = std::process::Command::new(node)
+            .arg(server)
+            .arg("0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start oidc-provider");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("ready line");
+        let ready: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("oidc-provider said {line:?}: {e}"));
+        let issuer = ready["issuer"].as_str().expect("issuer").to_owned();
+        Self { child, issuer }
+    }
+
+    /// A client-credentials access token for `client` with `scope`, for `resource`.
+    pub async fn token(&self, client: &str, scope: &str, resource: &str) -> String {
+        let response = reqwest::Client::new()
+            .post(format!("{}/token", self.issuer))
+            .basic_auth(client, Some(format!("{client}-secret")))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", scope),
+                ("resource", resource),
+            ])
+            .send()
+            .await
+            .expect("token request");
+        let body: Value = response.json().await.expect("token json");
+        body["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token: {body}"))
+            .to_owned()
+    }
+
+    /// The config that points nhi-mcp at this issuer.
+    pub fn config(&self, extra: &str) -> String {
+        format!(
+            "[http]\nresource = \"{RESOURCE}\"\n\n[auth]\nissuer = \"{}\"\n\n{extra}",
+            self.issuer
+        )
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A test peer's path from the environment `./tests/run` sets; fails with how to get it.
+pub fn peer_path(var: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(p) if PathBuf::from(&p).exists() => PathBuf::from(p),
+        _ => panic!(
+            "{var} is not set or missing: run the suite with `./tests/run`, which installs the test peers"
+        ),
+    }
+}
+
+impl HttpServer {
+    /// An rmcp client that sends `token` as its bearer token.
+    pub async fn client_with_token(&self, token: &str) -> Client {
+        let transport = StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(self.url.clone())
+                .auth_header(token.to_owned()),
+        );
+        let service = ClientConfig::default()
+            .serve(transport)
+            .await
+            .expect("MCP handshake over HTTP with a bearer token");
+        Client { service }
+    }
 }

@@ -10,12 +10,7 @@ use serde_json::Value;
 use crate::common::*;
 
 fn peer(var: &str) -> PathBuf {
-    match std::env::var_os(var) {
-        Some(p) if PathBuf::from(&p).exists() => PathBuf::from(p),
-        _ => panic!(
-            "{var} is not set or missing: run the suite with `./tests/run`, which installs the test peers"
-        ),
-    }
+    peer_path(var)
 }
 
 fn workflow_script() -> PathBuf {

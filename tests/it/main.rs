@@ -10,6 +10,7 @@ mod contract;
 mod crash;
 mod http;
 mod interop;
+mod oauth;
 mod properties;
 mod refusals;
 mod scopes;

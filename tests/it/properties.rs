@@ -30,6 +30,10 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+fn admin(name: &str) -> Principal {
+    Principal::new(name, [nhi_mcp::authz::Scope::Approve])
+}
+
 const APPROVERS: [&str; 3] = ["alice", "bob", "carol"];
 
 async fn engine(dir: &Path, required: u32) -> Engine {
@@ -81,7 +85,7 @@ async fn run(ops: Vec<Op>, required: u32) -> Result<(), TestCaseError> {
         match op {
             Op::Approve(i) => {
                 let who = APPROVERS[i];
-                let r = engine.approve(who, &id).await;
+                let r = engine.approve(&admin(who), &id).await;
                 let ok = status == ProposalStatus::PendingApproval && !approvers.contains(&who);
                 prop_assert_eq!(r.is_ok(), ok, "approve by {} in {:?}", who, status);
                 if let Ok(r) = r {
@@ -97,7 +101,7 @@ async fn run(ops: Vec<Op>, required: u32) -> Result<(), TestCaseError> {
             }
             Op::SelfApprove => {
                 prop_assert!(
-                    engine.approve("agent:local", &id).await.is_err(),
+                    engine.approve(&admin("agent:local"), &id).await.is_err(),
                     "self-approval accepted"
                 );
             }
@@ -126,7 +130,7 @@ async fn run(ops: Vec<Op>, required: u32) -> Result<(), TestCaseError> {
                 }
             }
             Op::Reject => {
-                let r = engine.reject("dave", &id, "no").await;
+                let r = engine.reject(&admin("dave"), &id, "no").await;
                 prop_assert_eq!(r.is_ok(), status == ProposalStatus::PendingApproval);
                 if r.is_ok() {
                     status = ProposalStatus::Rejected;

@@ -1,0 +1,422 @@
+//! Who is calling over HTTP: an OAuth 2.1 resource server. Bearer JWTs are validated against the
+//! issuer's JWKS (fetched, cached, refreshed on an unknown `kid` at most once per
+//! `JWKS_REFRESH_INTERVAL`), with an algorithm allow-list, `iss`, `aud` (this server's resource
+//! URI, RFC 8707), `exp` and `nbf`. Scopes come from `scope` or `scp`.
+
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use tokio::sync::RwLock;
+
+use crate::authz::{Principal, Scope};
+
+/// The algorithms a bearer token may be signed with. Never `none`, never HMAC: an HMAC "key"
+/// would be the issuer's public key, which anyone has.
+pub const ALLOWED_ALGORITHMS: [Algorithm; 3] =
+    [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
+
+/// The least time between two JWKS fetches caused by unknown key ids.
+pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Clock skew tolerated on `exp` and `nbf`.
+const LEEWAY_SECS: u64 = 30;
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub issuer: String,
+    /// The `aud` every token must carry: this server's resource URI.
+    pub audience: String,
+    /// Where the keys are; discovered from the issuer's metadata when absent.
+    pub jwks_uri: Option<String>,
+}
+
+/// Why a request was not authenticated. Messages never contain the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach the OAuth issuer `{issuer}`: {message}")]
+pub struct DiscoveryError {
+    pub issuer: String,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    issuer: String,
+    jwks_uri: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ScopeList {
+    Space(String),
+    List(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct BearerClaims {
+    sub: Option<String>,
+    scope: Option<ScopeList>,
+    scp: Option<ScopeList>,
+    client_id: Option<String>,
+    azp: Option<String>,
+}
+
+struct Keys {
+    set: JwkSet,
+    fetched: Instant,
+}
+
+/// Validates bearer tokens for one issuer and audience.
+pub struct Authenticator {
+    config: AuthConfig,
+    jwks_uri: String,
+    http: reqwest::Client,
+    keys: RwLock<Keys>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("issuer", &self.config.issuer)
+            .field("audience", &self.config.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes rustls' `ring` provider the process default. reqwest is built without a provider of its
+/// own (`rustls-no-provider`, to keep aws-lc out of the build), so anything in this process that
+/// builds a reqwest client calls this first. Idempotent.
+pub fn install_crypto_provider() {
+    // Fails only when a provider is installed already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The HTTP client for issuer metadata and keys.
+fn http_client() -> Result<reqwest::Client, String> {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+impl Authenticator {
+    /// Finds the issuer's keys (from `jwks_uri`, or the issuer's metadata) and fetches them.
+    pub async fn discover(config: AuthConfig) -> Result<Self, DiscoveryError> {
+        let err = |message: String| DiscoveryError {
+            issuer: config.issuer.clone(),
+            message,
+        };
+        let http = http_client().map_err(|e| err(format!("HTTP client: {e}")))?;
+        let jwks_uri = match &config.jwks_uri {
+            Some(uri) => uri.clone(),
+            None => {
+                let base = config.issuer.trim_end_matches('/');
+                let mut found = None;
+                let mut last_error = String::new();
+                for path in [
+                    "/.well-known/oauth-authorization-server",
+                    "/.well-known/openid-configuration",
+                ] {
+                    match fetch_json::<Metadata>(&http, &format!("{base}{path}")).await {
+                        Ok(m) => {
+                            if m.issuer != config.issuer {
+                                return Err(err(format!(
+                                    "its metadata names the issuer `{}`, not `{}`",
+                                    m.issuer, config.issuer
+                                )));
+                            }
+                            found = Some(m.jwks_uri);
+                            break;
+                        }
+                        Err(e) => last_error = e,
+                    }
+                }
+                found.ok_or_else(|| {
+                    err(format!("no authorization server metadata ({last_error})"))
+                })?
+            }
+        };
+        let set = fetch_json::<JwkSet>(&http, &jwks_uri)
+            .await
+            .map_err(|e| err(format!("JWKS {jwks_uri}: {e}")))?;
+        Ok(Self {
+            config,
+            jwks_uri,
+            http,
+            keys: RwLock::new(Keys {
+                set,
+                fetched: Instant::now(),
+            }),
+        })
+    }
+
+    /// An authenticator over a key set obtained elsewhere (tests and benchmarks); an unknown
+    /// `kid` still triggers a rate-limited refresh from `jwks_uri`.
+    pub fn with_keys(
+        config: AuthConfig,
+        set: JwkSet,
+        jwks_uri: &str,
+    ) -> Result<Self, DiscoveryError> {
+        let http = http_client().map_err(|message| DiscoveryError {
+            issuer: config.issuer.clone(),
+            message,
+        })?;
+        Ok(Self {
+            config,
+            jwks_uri: jwks_uri.to_owned(),
+            http,
+            keys: RwLock::new(Keys {
+                set,
+                fetched: Instant::now(),
+            }),
+        })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.config.issuer
+    }
+
+    pub fn audience(&self) -> &str {
+        &self.config.audience
+    }
+
+    /// The principal a bearer token stands for.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let invalid = |m: &str| AuthError::Invalid(m.to_owned());
+        if token.is_empty() || token.len() > 16 * 1024 {
+            return Err(invalid("the token is malformed"));
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| match raw_alg(token) {
+            // `none` and other algorithms the library does not know end here.
+            Some(alg) => AuthError::Invalid(format!(
+                "the token is signed with `{}`, which is not allowed (RS256, ES256, EdDSA)",
+                alg.chars()
+                    .filter(|c| c.is_ascii_alphanumeric())
+                    .take(16)
+                    .collect::<String>()
+            )),
+            None => invalid("the token is malformed"),
+        })?;
+        if !ALLOWED_ALGORITHMS.contains(&header.alg) {
+            return Err(AuthError::Invalid(format!(
+                "the token is signed with {:?}, which is not allowed (RS256, ES256, EdDSA)",
+                header.alg
+            )));
+        }
+        let key = self.key_for(header.kid.as_deref(), header.alg).await?;
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = vec![header.alg];
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&[&self.config.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECS;
+        let data = jsonwebtoken::decode::<BearerClaims>(token, &key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            invalid(match e.kind() {
+                ErrorKind::ExpiredSignature => "the token has expired",
+                ErrorKind::ImmatureSignature => "the token is not valid yet",
+                ErrorKind::InvalidIssuer => "the token was issued by another issuer",
+                ErrorKind::InvalidAudience => "the token is for another audience (resource)",
+                ErrorKind::InvalidSignature => "the token signature does not verify",
+                ErrorKind::InvalidAlgorithm => "the token's algorithm does not fit its key",
+                ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
+                _ => "the token is malformed",
+            })
+        })?;
+        let claims = data.claims;
+        let client = claims.client_id.or(claims.azp);
+        let subject = claims
+            .sub
+            .or_else(|| client.clone())
+            .ok_or_else(|| invalid("the token names no subject"))?;
+        let raw_scopes: Vec<String> = match claims.scope.or(claims.scp) {
+            Some(ScopeList::Space(s)) => s.split_whitespace().map(str::to_owned).collect(),
+            Some(ScopeList::List(v)) => v,
+            None => Vec::new(),
+        };
+        // Scopes this server does not know are ignored, not errors.
+        let scopes = raw_scopes.iter().filter_map(|s| Scope::parse(s).ok());
+        let mut principal = Principal::new(subject, scopes);
+        principal.issuer = Some(self.config.issuer.clone());
+        principal.client_id = client;
+        Ok(principal)
+    }
+
+    /// The key for `kid`, refreshing the JWKS (rate-limited) when the id is unknown.
+    async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, AuthError> {
+        if let Some(key) = self.find(kid, alg).await {
+            return key;
+        }
+        let due = self.keys.read().await.fetched.elapsed() >= JWKS_REFRESH_INTERVAL;
+        if due {
+            let mut keys = self.keys.write().await;
+            if keys.fetched.elapsed() >= JWKS_REFRESH_INTERVAL {
+                keys.fetched = Instant::now();
+                match fetch_json::<JwkSet>(&self.http, &self.jwks_uri).await {
+                    Ok(set) => keys.set = set,
+                    Err(e) => {
+                        tracing::warn!(jwks = %self.jwks_uri, error = %e, "JWKS refresh failed")
+                    }
+                }
+            }
+        }
+        self.find(kid, alg).await.unwrap_or_else(|| {
+            Err(AuthError::Invalid(
+                "the token is signed with an unknown key".to_owned(),
+            ))
+        })
+    }
+
+    async fn find(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Option<Result<DecodingKey, AuthError>> {
+        let keys = self.keys.read().await;
+        let jwk = match kid {
+            Some(kid) => keys.set.find(kid)?,
+            // Without a `kid`, only an unambiguous key set will do.
+            None if keys.set.keys.len() == 1 => &keys.set.keys[0],
+            None => return None,
+        };
+        if let Some(key_alg) = jwk.common.key_algorithm
+            && format!("{key_alg:?}") != format!("{alg:?}")
+        {
+            return Some(Err(AuthError::Invalid(
+                "the token's algorithm does not fit its key".to_owned(),
+            )));
+        }
+        Some(
+            DecodingKey::from_jwk(jwk)
+                .map_err(|_| AuthError::Invalid("the issuer's key is unusable".to_owned())),
+        )
+    }
+}
+
+/// The `alg` of a token's header, read without trusting anything else about it.
+fn raw_alg(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    Some(value.get("alg")?.as_str()?.to_owned())
+}
+
+async fn fetch_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<T, String> {
+    let response = http.get(url).send().await.map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("HTTP {}", response.status()));
+    }
+    response.json::<T>().await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+    use ed25519_dalek::SigningKey;
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    struct Issuer {
+        encoding: EncodingKey,
+        auth: Authenticator,
+    }
+
+    fn issuer() -> Issuer {
+        let signing = SigningKey::generate(&mut rand::rngs::OsRng);
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(signing.verifying_key().as_bytes());
+        let set: JwkSet = serde_json::from_value(json!({"keys": [
+            {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1", "alg": "EdDSA", "use": "sig"}
+        ]}))
+        .expect("jwks");
+        let der = signing.to_pkcs8_der().expect("der");
+        let config = AuthConfig {
+            issuer: "https://idp.test".into(),
+            audience: "https://nhi.test/mcp".into(),
+            jwks_uri: None,
+        };
+        Issuer {
+            encoding: EncodingKey::from_ed_der(der.as_bytes()),
+            // Nothing listens there: a refresh fails and the key set stays as it was.
+            auth: Authenticator::with_keys(config, set, "http://127.0.0.1:9/jwks").expect("auth"),
+        }
+    }
+
+    fn token(i: &Issuer, kid: &str, claims: serde_json::Value) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.to_owned());
+        jsonwebtoken::encode(&header, &claims, &i.encoding).expect("sign")
+    }
+
+    fn claims(offset_exp: i64, offset_nbf: i64) -> serde_json::Value {
+        let now = chrono::Utc::now().timestamp();
+        json!({"iss": "https://idp.test", "aud": "https://nhi.test/mcp", "sub": "agent-7",
+               "client_id": "ci", "scp": ["nhi:read", "nhi:unknown"], "exp": now + offset_exp, "nbf": now + offset_nbf})
+    }
+
+    #[tokio::test]
+    async fn valid_token_gives_subject_client_and_known_scopes() {
+        let i = issuer();
+        let p = i
+            .auth
+            .authenticate(&token(&i, "k1", claims(300, 0)))
+            .await
+            .expect("valid");
+        assert_eq!(p.id, "agent-7");
+        assert_eq!(p.client_id.as_deref(), Some("ci"));
+        assert_eq!(p.issuer.as_deref(), Some("https://idp.test"));
+        assert_eq!(p.scope_list(), vec!["nhi:read"]);
+    }
+
+    #[tokio::test]
+    async fn expired_not_yet_valid_and_unknown_key_are_refused() {
+        let i = issuer();
+        let check = async |t: String, expect: &str| {
+            let e = i
+                .auth
+                .authenticate(&t)
+                .await
+                .expect_err("refused")
+                .to_string();
+            assert!(e.contains(expect), "`{e}` lacks `{expect}`");
+        };
+        // Beyond the 30 s leeway either way.
+        check(token(&i, "k1", claims(-120, -600)), "expired").await;
+        check(token(&i, "k1", claims(600, 120)), "not valid yet").await;
+        check(token(&i, "k2", claims(300, 0)), "unknown key").await;
+        // Within the leeway: accepted.
+        assert!(
+            i.auth
+                .authenticate(&token(&i, "k1", claims(-10, 10)))
+                .await
+                .is_ok()
+        );
+        // An unknown kid does not cause a refresh more than once per interval.
+        let before = i.auth.keys.read().await.fetched;
+        check(token(&i, "k3", claims(300, 0)), "unknown key").await;
+        assert_eq!(
+            i.auth.keys.read().await.fetched,
+            before,
+            "refreshed inside the interval"
+        );
+    }
+}
