@@ -88,12 +88,9 @@ struct RawAuth {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(
-    dead_code,
-    reason = "parsed so that the documented keys are accepted; see validate"
-)]
 struct RawPolicy {
     files: Option<Vec<PathBuf>>,
+    max_proposals_per_hour: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,6 +202,10 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     /// Pause after each step's external call, before its outcome is recorded; crash tests only.
     pub step_pause: Duration,
+    /// Cedar policy files; empty means the shipped default policy.
+    pub policy_files: Vec<PathBuf>,
+    /// How many proposals one principal may create per hour (none: no limit).
+    pub max_proposals_per_hour: Option<u32>,
 }
 
 impl Config {
@@ -284,11 +285,6 @@ fn validate(
     source: Option<&Path>,
     overrides: &Overrides,
 ) -> Result<Config, ConfigError> {
-    if raw.policy.is_some() {
-        return Err(invalid(
-            "`[policy]`: Cedar policies are not available in this version; remove the section",
-        ));
-    }
     let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
     let data_dir = match (&overrides.data_dir, raw.data_dir) {
         (Some(flag), _) => flag.clone(),
@@ -520,7 +516,28 @@ fn validate(
         None => Duration::ZERO,
     };
 
+    let (policy_files, max_proposals_per_hour) = match raw.policy {
+        Some(p) => {
+            if p.max_proposals_per_hour == Some(0) {
+                return Err(invalid(
+                    "`policy.max_proposals_per_hour` must be at least 1",
+                ));
+            }
+            (
+                p.files
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(resolve)
+                    .collect(),
+                p.max_proposals_per_hour,
+            )
+        }
+        None => (Vec::new(), None),
+    };
+
     Ok(Config {
+        policy_files,
+        max_proposals_per_hour,
         source: source.map(Path::to_path_buf),
         data_dir,
         database,

@@ -223,6 +223,25 @@ async fn check(engine: &Engine, config: &Config, out: &mut impl Write) -> anyhow
             Err(e) => writeln!(out, "provider {name}: NOT OK: {e}")?,
         }
     }
+    let policy = engine.policy();
+    writeln!(
+        out,
+        "policy: {} Cedar policies from {}, validated against the schema",
+        policy.policy_count(),
+        policy.sources.join(", ")
+    )?;
+    match &config.http.auth {
+        Some(a) => writeln!(
+            out,
+            "http: bearer tokens from {} for audience {}",
+            a.issuer, a.audience
+        )?,
+        None => writeln!(
+            out,
+            "http: no [auth]: loopback only, every caller is `{}`",
+            config.http.principal.id
+        )?,
+    }
     let t = engine.thresholds();
     writeln!(
         out,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::audit::{AuditEntry, Decision};
-use crate::authz::{ApprovalKey, Principal, Scope};
+use crate::authz::{ApprovalKey, Policy, PolicyAction, PolicyDecision, Principal, Scope};
 use crate::config::{Config, ProviderKind};
 use crate::model::{
     Action, Identity, IdentityId, Proposal, ProposalId, ProposalStatus, Thresholds,
@@ -87,6 +87,8 @@ pub struct Caller {
     pub principal: Principal,
     pub tool: String,
     pub arguments: Value,
+    /// The policies behind the decisions made for this call, for its audit record.
+    policy_ids: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Caller {
@@ -95,12 +97,28 @@ impl Caller {
             principal: principal.clone(),
             tool: tool.to_owned(),
             arguments,
+            policy_ids: Arc::default(),
+        }
+    }
+
+    fn record_policies(&self, decision: &PolicyDecision) {
+        let mut ids = self.policy_ids.lock().unwrap_or_else(|e| e.into_inner());
+        for id in &decision.policy_ids {
+            if !ids.contains(id) {
+                ids.push(id.clone());
+            }
         }
     }
 
     fn entry(&self, decision: Decision) -> AuditEntry {
+        let ids = self
+            .policy_ids
+            .lock()
+            .map(|ids| ids.clone())
+            .unwrap_or_default();
         AuditEntry::new(&self.principal.id, &self.tool, &self.arguments, decision)
             .caller(&self.principal)
+            .policies(ids)
     }
 }
 
@@ -151,6 +169,8 @@ pub struct Engine {
     proposal_ttl: Duration,
     required_approvals: u32,
     step_pause: Duration,
+    policy: Policy,
+    max_proposals_per_hour: Option<u32>,
 }
 
 impl Engine {
@@ -174,7 +194,10 @@ impl Engine {
             };
             providers.insert(p.name.to_string(), provider);
         }
+        let policy = Policy::load(&config.policy_files)?;
         Ok(Self {
+            policy,
+            max_proposals_per_hour: config.max_proposals_per_hour,
             store,
             providers,
             sink: Arc::new(FileSink::new(&config.data_dir)),
@@ -192,6 +215,50 @@ impl Engine {
 
     pub fn thresholds(&self) -> &Thresholds {
         &self.thresholds
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Cedar's decision on `action` against `identity`, recorded for the call's audit record.
+    /// An identity the caller may not read is answered exactly like a missing one.
+    fn authorize(
+        &self,
+        caller: &Caller,
+        action: PolicyAction,
+        identity: &Identity,
+    ) -> Result<PolicyDecision> {
+        if action != PolicyAction::Read && action != PolicyAction::Approve {
+            let read = self
+                .policy
+                .decide(&caller.principal, PolicyAction::Read, identity);
+            if !read.allowed {
+                caller.record_policies(&read);
+                return Err(not_found_identity(&identity.id));
+            }
+        }
+        let decision = self.policy.decide(&caller.principal, action, identity);
+        caller.record_policies(&decision);
+        if decision.allowed {
+            return Ok(decision);
+        }
+        Err(match action {
+            PolicyAction::Read => not_found_identity(&identity.id),
+            other => EngineError::Refused(format!(
+                "policy does not allow `{}` to {} `{}`",
+                caller.principal.id,
+                other.as_str().replace('_', " "),
+                identity.id
+            )),
+        })
+    }
+
+    /// Whether policy lets the caller see `identity` (for filtering lists).
+    fn may_read(&self, caller: &Caller, identity: &Identity) -> bool {
+        self.policy
+            .decide(&caller.principal, PolicyAction::Read, identity)
+            .allowed
     }
 
     pub fn provider_names(&self) -> Vec<String> {

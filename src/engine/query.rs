@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::cursor::{self, Page};
 use super::{Caller, Engine, EngineError, Result};
-use crate::authz::Scope;
+use crate::authz::{PolicyAction, Scope};
 use crate::model::finding::evaluate;
 use crate::model::ids::check_free_text;
 use crate::model::{
@@ -150,7 +150,7 @@ impl Engine {
         q: IdentityQuery,
     ) -> Result<Page<IdentitySummary>> {
         self.require(caller, Scope::Read).await?;
-        let result = self.list_identities_inner(&q).await;
+        let result = self.list_identities_inner(caller, &q).await;
         let result = match result {
             Ok(page) => self
                 .audit_read(caller, format!("{} identities", page.items.len()))
@@ -161,7 +161,11 @@ impl Engine {
         self.finish(caller, result, None).await
     }
 
-    async fn list_identities_inner(&self, q: &IdentityQuery) -> Result<Page<IdentitySummary>> {
+    async fn list_identities_inner(
+        &self,
+        caller: &Caller,
+        q: &IdentityQuery,
+    ) -> Result<Page<IdentitySummary>> {
         let limit = cursor::check_limit(q.limit)?;
         check_text_filters(&[
             ("provider", &q.provider),
@@ -177,6 +181,9 @@ impl Engine {
         let text = q.text.as_ref().map(|t| t.to_lowercase());
         let mut out = Vec::new();
         for identity in self.all_identities(q.provider.as_deref()).await? {
+            if !self.may_read(caller, &identity) {
+                continue;
+            }
             if q.kind.is_some_and(|k| k != identity.kind)
                 || q.owner
                     .as_ref()
@@ -249,6 +256,7 @@ impl Engine {
         self.require(caller, Scope::Read).await?;
         let result = async {
             let identity = self.fetch_identity(id).await?;
+            self.authorize(caller, PolicyAction::Read, &identity)?;
             let findings = evaluate(&identity, &self.thresholds, Utc::now());
             let filter = ProposalFilter {
                 identity_id: Some(id.clone()),
@@ -288,8 +296,17 @@ impl Engine {
             let hash = cursor::query_hash(&q);
             let after = cursor::decode(q.cursor.as_deref(), &hash)?;
             let identities = match &q.identity_id {
-                Some(id) => vec![self.fetch_identity(id).await?],
-                None => self.all_identities(q.provider.as_deref()).await?,
+                Some(id) => {
+                    let identity = self.fetch_identity(id).await?;
+                    self.authorize(caller, PolicyAction::Read, &identity)?;
+                    vec![identity]
+                }
+                None => self
+                    .all_identities(q.provider.as_deref())
+                    .await?
+                    .into_iter()
+                    .filter(|i| self.may_read(caller, i))
+                    .collect(),
             };
             let now = Utc::now();
             let mut all: Vec<Finding> = identities

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::cursor::{self, Page};
 use super::{Caller, Engine, EngineError, Result};
 use crate::audit::Decision;
-use crate::authz::{ApprovalClaims, Principal, Scope};
+use crate::authz::{ApprovalClaims, PolicyAction, Principal, Scope};
 use crate::model::ids::check_free_text;
 use crate::model::{
     Action, CredentialId, IdentityId, Proposal, ProposalBody, ProposalId, ProposalStatus,
@@ -128,6 +128,7 @@ impl Engine {
             check_reason(reason)?;
             let grace = parse_grace(grace_period)?;
             let identity = self.fetch_identity(identity_id).await?;
+            let decision = self.authorize(caller, PolicyAction::ProposeRotation, &identity)?;
             let credential = match credential_id {
                 Some(c) => identity.credential(c).ok_or_else(|| {
                     EngineError::NotFound(format!("credential `{c}` not found on `{identity_id}`"))
@@ -155,7 +156,8 @@ impl Engine {
             let provider = self.provider_for(identity_id)?;
             let plan = provider.plan_rotation(&identity, credential, grace)?;
             let credential_id = credential.id.clone();
-            let body = self.new_body(caller, Action::Rotate, identity, Some(credential_id), grace, reason, plan, None);
+            let mut body = self.new_body(caller, Action::Rotate, identity, Some(credential_id), grace, reason, plan, None);
+            body.required_approvals = body.required_approvals.max(decision.required_approvals);
             let (proposal, created) = self.insert_or_existing(caller, body).await?;
             Ok(ProposeOutcome {
                 approval: approval_outcome(&proposal),
@@ -198,9 +200,10 @@ impl Engine {
             })?;
             check_reason(reason)?;
             let identity = self.fetch_identity(identity_id).await?;
+            let decision = self.authorize(caller, PolicyAction::ProposeRevocation, &identity)?;
             let provider = self.provider_for(identity_id)?;
             let (plan, blast) = provider.plan_revocation(&identity)?;
-            let body = self.new_body(
+            let mut body = self.new_body(
                 caller,
                 Action::Revoke,
                 identity,
@@ -210,6 +213,7 @@ impl Engine {
                 plan,
                 Some(blast),
             );
+            body.required_approvals = body.required_approvals.max(decision.required_approvals);
             let (proposal, created) = self.insert_or_existing(caller, body).await?;
             Ok(RevokeOutcome {
                 approval: approval_outcome(&proposal),
@@ -281,6 +285,17 @@ impl Engine {
             return Ok((existing, false));
         }
         let now = Utc::now();
+        if let Some(limit) = self.max_proposals_per_hour {
+            let recent = tx
+                .count_proposals_since(&body.requester, now - chrono::Duration::hours(1))
+                .await?;
+            if recent >= u64::from(limit) {
+                return Err(EngineError::Refused(format!(
+                    "`{}` has made {recent} proposals in the last hour; the limit is {limit}",
+                    body.requester
+                )));
+            }
+        }
         let proposal = Proposal {
             digest: body.digest(),
             status: ProposalStatus::PendingApproval,
@@ -421,8 +436,10 @@ impl Engine {
             )));
         }
 
-        // The target must still be what the plan was made from.
+        // Policy decides on the target as it is now; then it must still be what the plan was
+        // made from.
         let current = self.fetch_identity(&proposal.body.identity_id).await?;
+        self.authorize(caller, PolicyAction::Apply, &current)?;
         if current.fingerprint() != proposal.body.snapshot_fingerprint {
             let mut tx = self.store.begin().await?;
             tx.consume_token(&claims.jti, &proposal.body.id, now)
@@ -541,6 +558,7 @@ impl Engine {
                     proposal.status.as_str()
                 )));
             }
+            self.authorize(&caller, PolicyAction::Approve, &proposal.body.snapshot)?;
             if approver == proposal.body.requester {
                 return Err(EngineError::Refused(format!(
                     "`{approver}` requested proposal `{id}` and cannot approve it"
@@ -680,6 +698,7 @@ impl Engine {
                 .store
                 .proposal(id)
                 .await?
+                .filter(|p| self.may_read(caller, &p.body.snapshot))
                 .ok_or_else(|| EngineError::NotFound(format!("proposal `{id}` not found")))?;
             self.audit_read(caller, format!("proposal is {}", p.status.as_str()))
                 .await?;
@@ -696,7 +715,9 @@ impl Engine {
     ) -> Result<Page<Proposal>> {
         self.require(caller, Scope::Read).await?;
         let result = async {
-            let page = self.proposals_page(&q).await?;
+            let mut page = self.proposals_page(&q).await?;
+            page.items
+                .retain(|p| self.may_read(caller, &p.body.snapshot));
             self.audit_read(caller, format!("{} proposals", page.items.len()))
                 .await?;
             Ok(page)

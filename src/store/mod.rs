@@ -263,6 +263,22 @@ impl Tx {
         Ok(())
     }
 
+    /// How many proposals `requester` has created since `since`.
+    pub async fn count_proposals_since(
+        &mut self,
+        requester: &str,
+        since: DateTime<Utc>,
+    ) -> Result<u64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM proposals WHERE requester = $1 AND created_at >= $2",
+        )
+        .bind(requester)
+        .bind(ts(since))
+        .fetch_one(&mut *self.inner)
+        .await?;
+        Ok(u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0))
+    }
+
     /// Moves `id` from `from` to `to` if it is still in `from`; false if it was not.
     pub async fn transition(
         &mut self,

@@ -11,6 +11,7 @@ mod crash;
 mod http;
 mod interop;
 mod oauth;
+mod policy;
 mod properties;
 mod refusals;
 mod scopes;
