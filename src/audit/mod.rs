@@ -13,6 +13,10 @@ use crate::model::canonical;
 /// The `prev_hash` of the first record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// The most argument text one record stores; larger arguments are replaced by a note (their
+/// digest is still of the whole), so that a flood of oversized requests cannot bloat the log.
+pub const MAX_ARGUMENTS_LEN: usize = 16 * 1024;
+
 /// Argument names whose values are secret and never stored.
 const SECRET_ARGUMENTS: [&str; 5] = [
     "approval_token",
@@ -89,7 +93,7 @@ impl AuditEntry {
             client_id: None,
             scopes: None,
             action: action.to_owned(),
-            arguments: redact(arguments),
+            arguments: bounded(redact(arguments)),
             arguments_digest: canonical::digest(arguments).unwrap_or_default(),
             decision,
             reason: None,
@@ -158,6 +162,15 @@ pub fn chain_hash(seq: i64, prev_hash: &str, entry: &AuditEntry) -> String {
         entry,
     })
     .unwrap_or_default()
+}
+
+fn bounded(arguments: Value) -> Value {
+    let len = arguments.to_string().len();
+    if len > MAX_ARGUMENTS_LEN {
+        serde_json::json!({"omitted": format!("{len} bytes of arguments")})
+    } else {
+        arguments
+    }
 }
 
 /// Replaces the values of secret arguments, at any depth.
@@ -270,6 +283,21 @@ mod tests {
             r.seq = i as i64 + 1;
         }
         assert_eq!(verify(&renumbered).unwrap_err().seq, 2);
+    }
+
+    #[test]
+    fn oversized_arguments_are_not_stored() {
+        let big = json!({"text": "x".repeat(MAX_ARGUMENTS_LEN + 1)});
+        let e = AuditEntry::new("p", "list_identities", &big, Decision::Error);
+        assert!(
+            e.arguments["omitted"]
+                .as_str()
+                .is_some_and(|m| m.ends_with("bytes of arguments"))
+        );
+        assert_eq!(
+            e.arguments_digest,
+            crate::model::canonical::digest(&big).unwrap()
+        );
     }
 
     #[test]
