@@ -158,7 +158,14 @@ pub enum InventorySource {
 
 #[derive(Debug, Clone)]
 pub enum ProviderKind {
-    Inventory { source: InventorySource },
+    Inventory {
+        source: InventorySource,
+    },
+    /// A PostgreSQL cluster's login roles; the admin URL (with its password) was read from the
+    /// environment variable or file that config named.
+    Postgres {
+        url: crate::model::Secret,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -485,7 +492,60 @@ fn validate(
                     source: InventorySource::File(resolve(path)),
                 }
             }
-            "aws_iam" | "postgres" => {
+            "postgres" => {
+                for (key, set) in [
+                    ("path", p.path.is_some()),
+                    ("region", p.region.is_some()),
+                    ("endpoint_url", p.endpoint_url.is_some()),
+                ] {
+                    if set {
+                        return Err(invalid(format!(
+                            "{at}: `{key}` does not apply to kind `postgres`"
+                        )));
+                    }
+                }
+                if let Some(sink) = &p.sink
+                    && sink.kind != "file"
+                {
+                    return Err(invalid(format!(
+                        "{at}: the postgres provider delivers to the `file` sink only, not {}",
+                        quote_input(&sink.kind)
+                    )));
+                }
+                let url = match (p.url_env, p.url_file) {
+                    (Some(var), None) => std::env::var(&var).map_err(|_| {
+                        invalid(format!(
+                            "{at}: environment variable `{var}` (from `url_env`) is not set"
+                        ))
+                    })?,
+                    (None, Some(file)) => {
+                        let file = resolve(file);
+                        std::fs::read_to_string(&file)
+                            .map_err(|e| {
+                                invalid(format!(
+                                    "{at}: cannot read `url_file` {}: {e}",
+                                    file.display()
+                                ))
+                            })?
+                            .trim()
+                            .to_owned()
+                    }
+                    _ => {
+                        return Err(invalid(format!(
+                            "{at}: kind `postgres` needs exactly one of `url_env` or `url_file` (the URL holds a password, so it is never written inline)"
+                        )));
+                    }
+                };
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(invalid(format!(
+                        "{at}: the database URL must start with `postgres://` (the value is not shown)"
+                    )));
+                }
+                ProviderKind::Postgres {
+                    url: crate::model::Secret::new(url),
+                }
+            }
+            "aws_iam" => {
                 return Err(invalid(format!(
                     "{at}: provider kind `{}` is not available in this version",
                     p.kind

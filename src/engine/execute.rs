@@ -144,9 +144,15 @@ impl Engine {
                         .await
                     {
                         Ok(sink_ref) => Ok((
-                            format!(
-                                "created credential `{credential_id}`; its secret is in {sink_ref}"
-                            ),
+                            if is_create(&step) {
+                                format!(
+                                    "created credential `{credential_id}`; its secret is in {sink_ref}"
+                                )
+                            } else {
+                                format!(
+                                    "new secret for credential `{credential_id}`; it is in {sink_ref}"
+                                )
+                            },
                             Some(sink_ref),
                         )),
                         // The secret exists nowhere else; the credential is undone before any
@@ -192,17 +198,19 @@ impl Engine {
             .transition(id, ProposalStatus::Applying, ProposalStatus::Applied)
             .await?
         {
-            let summary = match p.body.action {
-                crate::model::Action::Rotate => {
-                    "applied: new credential delivered, old credential deactivated and deleted"
-                }
-                crate::model::Action::Revoke => {
-                    "applied: credentials deactivated and sign-in disabled"
-                }
-            };
+            let summary = format!(
+                "applied: all {} steps done ({})",
+                p.body.plan.len(),
+                p.body
+                    .plan
+                    .iter()
+                    .map(step_kind)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
             let note = match p.outcome.as_deref() {
-                Some(prev) if prev.starts_with("recovered") => format!("{summary} ({prev})"),
-                _ => summary.to_owned(),
+                Some(prev) if prev.starts_with("recovered") => format!("{summary}; {prev}"),
+                _ => summary,
             };
             tx.set_progress(id, Some(&note), None, None).await?;
             tx.append_audit(system_entry("execute", id, "applied"))
@@ -414,6 +422,8 @@ fn step_kind(step: &PlanStep) -> &'static str {
         StepAction::DeactivateCredential { .. } => "deactivate credential",
         StepAction::DeleteCredential { .. } => "delete credential",
         StepAction::DisableSignIn => "disable sign-in",
+        StepAction::SetPassword { .. } => "set password",
+        StepAction::TerminateSessions => "terminate sessions",
     }
 }
 

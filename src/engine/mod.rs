@@ -191,6 +191,12 @@ impl Engine {
                     source.clone(),
                     &config.data_dir,
                 )?),
+                ProviderKind::Postgres { url } => {
+                    Arc::new(crate::providers::postgres::PostgresProvider::connect_lazy(
+                        p.name.clone(),
+                        url,
+                    )?)
+                }
             };
             providers.insert(p.name.to_string(), provider);
         }

@@ -104,6 +104,13 @@ pub enum StepAction {
     },
     /// Disable interactive sign-in (console password, login role) without deleting the identity.
     DisableSignIn,
+    /// Replace a credential's secret in place (a database role's password) and deliver the new
+    /// one to the secret sink.
+    SetPassword {
+        credential_id: CredentialId,
+    },
+    /// End the identity's live sessions, which survive a password change.
+    TerminateSessions,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

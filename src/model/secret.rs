@@ -32,6 +32,12 @@ impl Secret {
     }
 }
 
+impl Clone for Secret {
+    fn clone(&self) -> Self {
+        Self::new(self.expose().to_owned())
+    }
+}
+
 impl PartialEq for Secret {
     fn eq(&self, other: &Self) -> bool {
         self.expose()

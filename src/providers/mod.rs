@@ -5,6 +5,7 @@
 //! MCP, HTTP or the store.
 
 pub mod inventory;
+pub mod postgres;
 pub mod sink;
 
 use std::time::Duration;

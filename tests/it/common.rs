@@ -397,6 +397,13 @@ impl Drop for Idp {
     }
 }
 
+/// A test peer's setting from the environment `./tests/run` sets; fails with how to get it.
+pub fn peer_path_var(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the suite with `./tests/run`, which starts the test peers")
+    })
+}
+
 /// A test peer's path from the environment `./tests/run` sets; fails with how to get it.
 pub fn peer_path(var: &str) -> PathBuf {
     match std::env::var_os(var) {

@@ -12,6 +12,7 @@ mod http;
 mod interop;
 mod oauth;
 mod policy;
+mod postgres;
 mod properties;
 mod refusals;
 mod scopes;

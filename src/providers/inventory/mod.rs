@@ -412,6 +412,9 @@ impl Provider for InventoryProvider {
                     detail: format!("credential `{credential_id}` is deleted"),
                 })
             }
+            StepAction::SetPassword { .. } | StepAction::TerminateSessions => {
+                Err(self.refused("this step is not one the inventory provider plans".to_owned()))
+            }
             StepAction::DisableSignIn => {
                 self.mutate(|o| {
                     o.disabled.insert(identity_id.clone());

@@ -1,0 +1,547 @@
+//! The `postgres` provider: login roles of one PostgreSQL cluster.
+//!
+//! - Listing reads `pg_roles`: login roles (and roles nhi-mcp left without login), with
+//!   `rolvaliduntil` as the password's expiry, superuser / createrole / replication / bypassrls
+//!   and membership in administrative roles as privileged, the role comment as owner, purpose,
+//!   environment and tags (`owner=team-x; purpose=...; environment=prod; key=value`), and live
+//!   sessions from `pg_stat_activity`. PostgreSQL records neither when a role was made nor when
+//!   it last logged in: the last use is the newest live session, and the `unused` finding does
+//!   not apply.
+//! - Rotation sets a generated password with `ALTER ROLE … PASSWORD`, sent as a SCRAM-SHA-256
+//!   verifier so the password itself never reaches the server's statement log. Sessions opened
+//!   with the old password survive a password change; terminating them is the plan's second
+//!   step, after the grace period.
+//! - Revocation is `NOLOGIN` plus terminating the role's sessions; the role itself is kept.
+//! - Role names are always quoted as identifiers; values are bound as parameters.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Row};
+
+use super::{Provider, ProviderError, StepResult};
+use crate::engine::ApprovedPlan;
+use crate::model::proposal::BlastRadius;
+use crate::model::{
+    Credential, CredentialId, CredentialKind, CredentialStatus, Identity, IdentityId, IdentityKind,
+    Permissions, PlanStep, ProviderName, Secret, StepAction,
+};
+
+/// Built-in roles whose members can read or change everything, or run code on the server.
+const ADMIN_ROLES: [&str; 6] = [
+    "pg_read_all_data",
+    "pg_write_all_data",
+    "pg_execute_server_program",
+    "pg_read_server_files",
+    "pg_write_server_files",
+    "pg_signal_backend",
+];
+
+/// The one credential of a login role.
+const PASSWORD: &str = "password";
+
+pub struct PostgresProvider {
+    name: ProviderName,
+    pool: PgPool,
+}
+
+impl PostgresProvider {
+    /// Prepares a pool for `url`; nothing connects until the first call.
+    pub fn connect_lazy(name: ProviderName, url: &Secret) -> Result<Self, ProviderError> {
+        let options: PgConnectOptions =
+            url.expose().parse().map_err(|_| ProviderError::Refused {
+                provider: name.to_string(),
+                // The URL holds a password: never echo it.
+                message: "the database URL is not a valid postgres:// URL".to_owned(),
+            })?;
+        let options = options.log_statements(tracing::log::LevelFilter::Off);
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options);
+        Ok(Self { name, pool })
+    }
+
+    fn err(&self, e: sqlx::Error) -> ProviderError {
+        let message = match &e {
+            sqlx::Error::Database(db) => db.message().to_owned(),
+            sqlx::Error::PoolTimedOut => "no connection within 10s".to_owned(),
+            sqlx::Error::Io(io) => format!("connection failed: {io}"),
+            sqlx::Error::Tls(_) => "TLS failed".to_owned(),
+            _ => "database error".to_owned(),
+        };
+        match e {
+            sqlx::Error::Database(_) => ProviderError::Refused {
+                provider: self.name.to_string(),
+                message,
+            },
+            _ => ProviderError::Unavailable {
+                provider: self.name.to_string(),
+                message,
+            },
+        }
+    }
+
+    async fn roles(&self, only: Option<&str>) -> Result<Vec<Identity>, ProviderError> {
+        let rows = sqlx::query(
+            "SELECT r.rolname, r.rolcanlogin, r.rolvaliduntil, r.rolsuper, r.rolcreaterole,
+                    r.rolreplication, r.rolbypassrls,
+                    shobj_description(r.oid, 'pg_authid') AS comment,
+                    ARRAY(SELECT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+                          WHERE m.member = r.oid ORDER BY 1) AS member_of,
+                    ARRAY(SELECT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+                          WHERE m.member = r.oid AND (g.rolsuper OR g.rolcreaterole)) AS admin_groups,
+                    (SELECT count(*) FROM pg_stat_activity a
+                      WHERE a.usename = r.rolname AND a.backend_type = 'client backend') AS sessions,
+                    (SELECT max(a.backend_start) FROM pg_stat_activity a
+                      WHERE a.usename = r.rolname AND a.backend_type = 'client backend') AS last_seen
+             FROM pg_roles r
+             WHERE r.rolname NOT LIKE 'pg\\_%'
+               AND (r.rolcanlogin OR NOT EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.roleid = r.oid))
+               AND ($1::text IS NULL OR r.rolname = $1)
+             ORDER BY r.rolname",
+        )
+        .bind(only)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let now = Utc::now();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let get = |e: sqlx::Error| self.err(e);
+            let rolname: String = row.try_get("rolname").map_err(get)?;
+            let can_login: bool = row.try_get("rolcanlogin").map_err(get)?;
+            let valid_until: Option<DateTime<Utc>> = row.try_get("rolvaliduntil").map_err(get)?;
+            let superuser: bool = row.try_get("rolsuper").map_err(get)?;
+            let createrole: bool = row.try_get("rolcreaterole").map_err(get)?;
+            let replication: bool = row.try_get("rolreplication").map_err(get)?;
+            let bypassrls: bool = row.try_get("rolbypassrls").map_err(get)?;
+            let comment: Option<String> = row.try_get("comment").map_err(get)?;
+            let member_of: Vec<String> = row.try_get("member_of").map_err(get)?;
+            let admin_groups: Vec<String> = row.try_get("admin_groups").map_err(get)?;
+            let sessions: i64 = row.try_get("sessions").map_err(get)?;
+            let last_seen: Option<DateTime<Utc>> = row.try_get("last_seen").map_err(get)?;
+
+            let mut grants = Vec::new();
+            for (flag, what) in [
+                (superuser, "SUPERUSER"),
+                (createrole, "CREATEROLE"),
+                (replication, "REPLICATION"),
+                (bypassrls, "BYPASSRLS"),
+            ] {
+                if flag {
+                    grants.push(what.to_owned());
+                }
+            }
+            grants.extend(member_of.iter().map(|g| format!("member of {g}")));
+            let admin_member = member_of.iter().any(|g| ADMIN_ROLES.contains(&g.as_str()))
+                || !admin_groups.is_empty();
+            let privileged = superuser || createrole || replication || bypassrls || admin_member;
+            let summary = if grants.is_empty() {
+                "no role attributes or memberships".to_owned()
+            } else {
+                grants.join(", ")
+            };
+            let meta = parse_comment(comment.as_deref());
+            let id = IdentityId::new(&self.name, &format!("role/{}", encode(&rolname))).map_err(
+                |e| ProviderError::Refused {
+                    provider: self.name.to_string(),
+                    message: e.0,
+                },
+            )?;
+            out.push(Identity {
+                id,
+                provider: self.name.to_string(),
+                native_id: format!("role/{}", encode(&rolname)),
+                kind: IdentityKind::DatabaseRole,
+                name: rolname,
+                owner: meta.owner,
+                purpose: meta.purpose,
+                environment: meta.environment,
+                used_in_environments: Vec::new(),
+                tags: meta.tags,
+                // Unknown to PostgreSQL; see the module docs.
+                created_at: now,
+                last_used_at: last_seen,
+                disabled: !can_login,
+                credentials: vec![Credential {
+                    id: CredentialId::parse(PASSWORD).map_err(|e| ProviderError::Refused {
+                        provider: self.name.to_string(),
+                        message: e.0,
+                    })?,
+                    kind: CredentialKind::Password,
+                    created_at: now,
+                    last_used_at: last_seen,
+                    expires_at: valid_until.filter(|t| t.timestamp() < 253_402_300_799),
+                    status: if can_login {
+                        CredentialStatus::Active
+                    } else {
+                        CredentialStatus::Inactive
+                    },
+                }],
+                permissions: Permissions {
+                    privileged,
+                    wildcard: superuser,
+                    summary: format!("{summary}; {sessions} live session(s)"),
+                    grants,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    fn role_of(&self, id: &IdentityId) -> Result<String, ProviderError> {
+        id.native()
+            .strip_prefix("role/")
+            .and_then(decode)
+            .ok_or_else(|| ProviderError::Refused {
+                provider: self.name.to_string(),
+                message: format!("`{id}` is not a role of this provider"),
+            })
+    }
+
+    async fn execute(&self, sql: &str) -> Result<(), ProviderError> {
+        sqlx::query(sql)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn terminate(&self, role: &str) -> Result<u64, ProviderError> {
+        let row = sqlx::query(
+            // A superuser's session cannot be terminated by a non-superuser, and trying aborts
+            // the whole statement: leave them out.
+            "SELECT count(pg_terminate_backend(a.pid)) AS n FROM pg_stat_activity a
+             JOIN pg_roles r ON r.rolname = a.usename
+             WHERE a.usename = $1 AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'
+               AND NOT r.rolsuper",
+        )
+        .bind(role)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(u64::try_from(row.try_get::<i64, _>("n").map_err(|e| self.err(e))?).unwrap_or(0))
+    }
+}
+
+#[async_trait]
+impl Provider for PostgresProvider {
+    fn name(&self) -> &ProviderName {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn list(&self) -> Result<Vec<Identity>, ProviderError> {
+        let mut roles = self.roles(None).await?;
+        roles.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(roles)
+    }
+
+    async fn get(&self, id: &IdentityId) -> Result<Option<Identity>, ProviderError> {
+        let Some(role) = id.native().strip_prefix("role/").and_then(decode) else {
+            return Ok(None);
+        };
+        Ok(self.roles(Some(&role)).await?.into_iter().next())
+    }
+
+    fn plan_rotation(
+        &self,
+        identity: &Identity,
+        credential: &Credential,
+        grace: Duration,
+    ) -> Result<Vec<PlanStep>, ProviderError> {
+        if identity.disabled {
+            return Err(ProviderError::Refused {
+                provider: self.name.to_string(),
+                message: format!(
+                    "`{}` cannot log in; there is no password to rotate",
+                    identity.id
+                ),
+            });
+        }
+        Ok(vec![
+            PlanStep {
+                index: 0,
+                action: StepAction::SetPassword {
+                    credential_id: credential.id.clone(),
+                },
+                description: format!(
+                    "set a new generated password for role {} and deliver it to the secret sink (new logins need it at once; PostgreSQL keeps one password per role)",
+                    quote_ident(&identity.name)
+                ),
+                after_grace: false,
+            },
+            PlanStep {
+                index: 1,
+                action: StepAction::TerminateSessions,
+                description: format!(
+                    "after a grace period of {}, terminate the sessions of {} opened with the old password",
+                    humantime::format_duration(grace),
+                    quote_ident(&identity.name)
+                ),
+                after_grace: true,
+            },
+        ])
+    }
+
+    fn plan_revocation(
+        &self,
+        identity: &Identity,
+    ) -> Result<(Vec<PlanStep>, BlastRadius), ProviderError> {
+        if identity.disabled {
+            return Err(ProviderError::Refused {
+                provider: self.name.to_string(),
+                message: format!("`{}` is already revoked (NOLOGIN)", identity.id),
+            });
+        }
+        let steps = vec![
+            PlanStep {
+                index: 0,
+                action: StepAction::DisableSignIn,
+                description: format!(
+                    "ALTER ROLE {} NOLOGIN (the role and its grants are kept)",
+                    quote_ident(&identity.name)
+                ),
+                after_grace: false,
+            },
+            PlanStep {
+                index: 1,
+                action: StepAction::TerminateSessions,
+                description: format!(
+                    "terminate every live session of {}",
+                    quote_ident(&identity.name)
+                ),
+                after_grace: false,
+            },
+        ];
+        let blast = BlastRadius {
+            credentials_deactivated: identity.credentials.iter().map(|c| c.id.clone()).collect(),
+            sign_in_disabled: true,
+            environments: identity.environment.iter().cloned().collect(),
+            privileged: identity.permissions.privileged,
+            last_used_at: identity.last_activity(),
+            summary: format!(
+                "role {} can no longer log in and its live sessions end ({})",
+                quote_ident(&identity.name),
+                identity.permissions.summary
+            ),
+        };
+        Ok((steps, blast))
+    }
+
+    async fn apply_step(
+        &self,
+        plan: &ApprovedPlan,
+        step: &PlanStep,
+    ) -> Result<StepResult, ProviderError> {
+        let role = self.role_of(plan.identity_id())?;
+        match &step.action {
+            StepAction::SetPassword { credential_id } => {
+                let secret = generate_password();
+                let verifier = scram_verifier(secret.expose());
+                // A utility statement takes no bind parameters; the verifier is base64 and `$`,
+                // `:` only, and is quoted as a literal all the same.
+                self.execute(&format!(
+                    "ALTER ROLE {} PASSWORD {}",
+                    quote_ident(&role),
+                    quote_literal(&verifier)
+                ))
+                .await?;
+                Ok(StepResult::Created {
+                    credential_id: credential_id.clone(),
+                    secret,
+                })
+            }
+            StepAction::TerminateSessions => {
+                let n = self.terminate(&role).await?;
+                Ok(StepResult::Done {
+                    detail: format!("terminated {n} session(s) of {}", quote_ident(&role)),
+                })
+            }
+            StepAction::DisableSignIn => {
+                self.execute(&format!("ALTER ROLE {} NOLOGIN", quote_ident(&role)))
+                    .await?;
+                Ok(StepResult::Done {
+                    detail: format!("role {} can no longer log in", quote_ident(&role)),
+                })
+            }
+            StepAction::CreateCredential { .. }
+            | StepAction::DeactivateCredential { .. }
+            | StepAction::DeleteCredential { .. } => Err(ProviderError::Refused {
+                provider: self.name.to_string(),
+                message: "this step is not one the postgres provider plans".to_owned(),
+            }),
+        }
+    }
+
+    async fn rollback_step(
+        &self,
+        _plan: &ApprovedPlan,
+        _step: &PlanStep,
+    ) -> Result<String, ProviderError> {
+        // Setting a password again replaces whatever an interrupted run set; the other steps are
+        // idempotent.
+        Ok("nothing to undo: the step is run again".to_owned())
+    }
+}
+
+/// `"name"` with inner quotes doubled: safe for any role name.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Role names in identity ids: unreserved characters as they are, everything else %XX.
+fn encode(name: &str) -> String {
+    let mut out = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn decode(encoded: &str) -> Option<String> {
+    let bytes = encoded.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = encoded.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+struct CommentMeta {
+    owner: Option<String>,
+    purpose: Option<String>,
+    environment: Option<String>,
+    tags: std::collections::BTreeMap<String, String>,
+}
+
+/// `owner=team-x; purpose=orders; environment=prod; team=x`, or free text taken as the purpose.
+fn parse_comment(comment: Option<&str>) -> CommentMeta {
+    let mut meta = CommentMeta {
+        owner: None,
+        purpose: None,
+        environment: None,
+        tags: Default::default(),
+    };
+    let Some(comment) = comment.map(str::trim).filter(|c| !c.is_empty()) else {
+        return meta;
+    };
+    if !comment.contains('=') {
+        meta.purpose = Some(comment.to_owned());
+        return meta;
+    }
+    for part in comment.split(';') {
+        if let Some((k, v)) = part.split_once('=') {
+            let (k, v) = (k.trim(), v.trim().to_owned());
+            match k {
+                "owner" => meta.owner = Some(v),
+                "purpose" => meta.purpose = Some(v),
+                "environment" | "env" => meta.environment = Some(v),
+                _ => {
+                    meta.tags.insert(k.to_owned(), v);
+                }
+            }
+        }
+    }
+    meta
+}
+
+/// 32 random bytes, base64url: 256 bits, no quotes or backslashes.
+fn generate_password() -> Secret {
+    Secret::generate("")
+}
+
+/// The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802/7677), in its text
+/// form `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+fn scram_verifier(password: &str) -> String {
+    const ITERATIONS: u32 = 4096;
+    let mut salt = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    let mut salted = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), &salt, ITERATIONS, &mut salted);
+    let hmac = |key: &[u8], msg: &[u8]| -> Vec<u8> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(msg);
+        mac.finalize().into_bytes().to_vec()
+    };
+    let client_key = hmac(&salted, b"Client Key");
+    let stored_key = Sha256::digest(&client_key);
+    let server_key = hmac(&salted, b"Server Key");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    format!(
+        "SCRAM-SHA-256${ITERATIONS}:{}${}:{}",
+        b64.encode(salt),
+        b64.encode(stored_key),
+        b64.encode(server_key)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted_and_ids_round_trip() {
+        for name in [
+            "app_rw",
+            "weird \"role\" name",
+            "select",
+            "naïve; DROP ROLE x; --",
+        ] {
+            assert_eq!(decode(&encode(name)).as_deref(), Some(name));
+            assert!(!encode(name).contains(' '));
+        }
+        assert_eq!(quote_ident("weird \"role\""), "\"weird \"\"role\"\"\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn comments_give_owner_purpose_environment_and_tags() {
+        let m = parse_comment(Some(
+            "owner=team-payments; purpose=orders service; env=prod; tier=1",
+        ));
+        assert_eq!(m.owner.as_deref(), Some("team-payments"));
+        assert_eq!(m.purpose.as_deref(), Some("orders service"));
+        assert_eq!(m.environment.as_deref(), Some("prod"));
+        assert_eq!(m.tags.get("tier").map(String::as_str), Some("1"));
+        assert_eq!(
+            parse_comment(Some("reporting")).purpose.as_deref(),
+            Some("reporting")
+        );
+    }
+
+    #[test]
+    fn scram_verifier_has_postgres_form() {
+        let v = scram_verifier("secret");
+        assert!(v.starts_with("SCRAM-SHA-256$4096:"), "{v}");
+        assert!(!v.contains("secret") && !v.contains('\''));
+        assert_eq!(v.matches('$').count(), 2);
+    }
+}
