@@ -143,6 +143,17 @@ impl ApprovedPlan {
         })
     }
 
+    /// For the provider conformance suite, which runs steps without a proposal.
+    #[cfg(test)]
+    pub(crate) fn for_conformance_tests(identity_id: IdentityId, action: Action) -> Self {
+        Self {
+            proposal_id: ProposalId::generate(),
+            identity_id,
+            action,
+            grace: Duration::ZERO,
+        }
+    }
+
     pub fn proposal_id(&self) -> &ProposalId {
         &self.proposal_id
     }

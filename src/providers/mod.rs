@@ -4,6 +4,8 @@
 //! applying rotations and revocations) that default to "unsupported". Providers know nothing of
 //! MCP, HTTP or the store.
 
+#[cfg(test)]
+mod conformance;
 pub mod inventory;
 pub mod postgres;
 pub mod sink;

@@ -97,8 +97,6 @@ impl PostgresProvider {
                           WHERE m.member = r.oid ORDER BY 1) AS member_of,
                     ARRAY(SELECT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
                           WHERE m.member = r.oid AND (g.rolsuper OR g.rolcreaterole)) AS admin_groups,
-                    (SELECT count(*) FROM pg_stat_activity a
-                      WHERE a.usename = r.rolname AND a.backend_type = 'client backend') AS sessions,
                     (SELECT max(a.backend_start) FROM pg_stat_activity a
                       WHERE a.usename = r.rolname AND a.backend_type = 'client backend') AS last_seen
              FROM pg_roles r
@@ -125,7 +123,6 @@ impl PostgresProvider {
             let comment: Option<String> = row.try_get("comment").map_err(get)?;
             let member_of: Vec<String> = row.try_get("member_of").map_err(get)?;
             let admin_groups: Vec<String> = row.try_get("admin_groups").map_err(get)?;
-            let sessions: i64 = row.try_get("sessions").map_err(get)?;
             let last_seen: Option<DateTime<Utc>> = row.try_get("last_seen").map_err(get)?;
 
             let mut grants = Vec::new();
@@ -188,7 +185,7 @@ impl PostgresProvider {
                 permissions: Permissions {
                     privileged,
                     wildcard: superuser,
-                    summary: format!("{summary}; {sessions} live session(s)"),
+                    summary,
                     grants,
                 },
             });

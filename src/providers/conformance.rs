@@ -1,0 +1,161 @@
+//! The provider conformance suite: one set of checks every adapter passes. Each adapter gets a
+//! test below that builds it against its real backend (the inventory file; PostgreSQL from
+//! `NHI_TEST_PG_URL`, started by `./tests/run`) and runs `check` on one target it may change.
+//!
+//! - listing is sorted by id, stable, and `get` agrees with it;
+//! - planning changes nothing;
+//! - every step but `create_credential` is idempotent: applying it twice leaves what applying
+//!   it once left;
+//! - errors carry no secret material.
+
+use super::{Provider, StepResult};
+use crate::engine::ApprovedPlan;
+use crate::model::{Action, IdentityId};
+
+async fn fingerprints(p: &dyn Provider) -> Vec<(String, String)> {
+    p.list()
+        .await
+        .expect("list")
+        .iter()
+        .map(|i| (i.id.to_string(), i.fingerprint()))
+        .collect()
+}
+
+/// Runs the suite against `provider`, changing only `target` (revoking it).
+pub async fn check(provider: &dyn Provider, target: &IdentityId) {
+    let name = provider.name().to_string();
+    // Listing: sorted, stable, consistent with `get`.
+    let first = fingerprints(provider).await;
+    assert!(!first.is_empty(), "{name}: lists nothing");
+    let mut sorted = first.clone();
+    sorted.sort();
+    assert_eq!(first, sorted, "{name}: list is not sorted by id");
+    assert_eq!(
+        first,
+        fingerprints(provider).await,
+        "{name}: two lists differ"
+    );
+    for (id, fp) in first.iter().take(5) {
+        let id = IdentityId::parse(id).expect("id");
+        let got = provider
+            .get(&id)
+            .await
+            .expect("get")
+            .expect("listed identity is found");
+        assert_eq!(
+            &got.fingerprint(),
+            fp,
+            "{name}: get disagrees with list for {id}"
+        );
+    }
+    let missing = IdentityId::new(provider.name(), "role/no-such-identity-anywhere").expect("id");
+    assert!(
+        provider.get(&missing).await.expect("get").is_none(),
+        "{name}: invents identities"
+    );
+
+    // Planning never changes anything.
+    let identity = provider
+        .get(target)
+        .await
+        .expect("get")
+        .expect("target exists");
+    if let Some(c) = identity.active_credentials().next() {
+        let _ = provider.plan_rotation(&identity, c, std::time::Duration::from_secs(60));
+    }
+    let (steps, _) = provider
+        .plan_revocation(&identity)
+        .expect("plan revocation");
+    assert_eq!(
+        first,
+        fingerprints(provider).await,
+        "{name}: planning changed state"
+    );
+
+    // Applying a step twice equals applying it once.
+    let plan = ApprovedPlan::for_conformance_tests(target.clone(), Action::Revoke);
+    for step in &steps {
+        let once = provider.apply_step(&plan, step).await.expect("apply once");
+        assert!(
+            matches!(once, StepResult::Done { .. }),
+            "{name}: revocation steps return no secret"
+        );
+        let after_once = provider
+            .get(target)
+            .await
+            .expect("get")
+            .expect("target")
+            .fingerprint();
+        provider.apply_step(&plan, step).await.expect("apply twice");
+        let after_twice = provider
+            .get(target)
+            .await
+            .expect("get")
+            .expect("target")
+            .fingerprint();
+        assert_eq!(
+            after_once, after_twice,
+            "{name}: step {} is not idempotent",
+            step.index
+        );
+    }
+    let revoked = provider.get(target).await.expect("get").expect("target");
+    assert!(revoked.disabled, "{name}: revocation left sign-in enabled");
+    assert_eq!(
+        revoked.active_credentials().count(),
+        0,
+        "{name}: revocation left a credential active"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::InventorySource;
+    use crate::model::{ProviderName, Secret};
+    use crate::providers::inventory::InventoryProvider;
+    use crate::providers::postgres::PostgresProvider;
+
+    #[tokio::test]
+    async fn inventory_conforms() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("inv.toml");
+        std::fs::write(&file, crate::config::DEMO_INVENTORIES[0].1).expect("write");
+        let name = ProviderName::parse("inv").expect("name");
+        let p =
+            InventoryProvider::open(name, InventorySource::File(file), dir.path()).expect("open");
+        check(&p, &IdentityId::parse("inv:user/ci-deploy").expect("id")).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_conforms() {
+        let url = std::env::var("NHI_TEST_PG_URL").expect(
+            "NHI_TEST_PG_URL is not set: run the suite with `./tests/run`, which starts PostgreSQL",
+        );
+        let role = format!("conformance_{}", uuid::Uuid::new_v4().simple());
+        let options: sqlx::postgres::PgConnectOptions = url.parse().expect("url");
+        let admin = sqlx::PgPool::connect_with(options).await.expect("connect");
+        sqlx::query(&format!("CREATE ROLE \"{role}\" LOGIN PASSWORD 'initial'"))
+            .execute(&admin)
+            .await
+            .expect("create role");
+        let name = ProviderName::parse("pg").expect("name");
+        let p = PostgresProvider::connect_lazy(name, &Secret::new(url.clone())).expect("provider");
+        check(
+            &p,
+            &IdentityId::parse(&format!("pg:role/{role}")).expect("id"),
+        )
+        .await;
+
+        // An error carries no secret: a wrong password for a real server.
+        let wrong = url.replacen("nhi-admin-pw", "wrong-Secret-123", 1);
+        let name = ProviderName::parse("pg").expect("name");
+        let bad = PostgresProvider::connect_lazy(name, &Secret::new(wrong)).expect("provider");
+        let err = bad.list().await.expect_err("wrong password").to_string();
+        assert!(
+            !err.contains("wrong-Secret-123") && !err.contains("nhi-admin-pw"),
+            "{err}"
+        );
+        assert!(err.starts_with("provider `pg`"), "{err}");
+    }
+}
