@@ -84,6 +84,7 @@ struct RawAuth {
     issuer: Option<String>,
     audience: Option<String>,
     jwks_uri: Option<String>,
+    leeway: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -368,10 +369,18 @@ fn validate(
             let resource = http.resource.clone().ok_or_else(|| {
                 invalid("`[auth]` needs `http.resource`: this server's resource URI, e.g. `https://nhi.example.com/mcp`")
             })?;
+            let leeway = match a.leeway.as_deref() {
+                Some(raw) => parse_duration("auth.leeway", raw)?,
+                None => crate::auth::DEFAULT_LEEWAY,
+            };
+            if leeway > Duration::from_secs(300) {
+                return Err(invalid("`auth.leeway` may be at most 5m"));
+            }
             Some(crate::auth::AuthConfig {
                 issuer,
                 audience: a.audience.unwrap_or(resource),
                 jwks_uri: a.jwks_uri,
+                leeway,
             })
         }
     };

@@ -20,8 +20,11 @@ pub const ALLOWED_ALGORITHMS: [Algorithm; 3] =
 /// The least time between two JWKS fetches caused by unknown key ids.
 pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Clock skew tolerated on `exp` and `nbf`.
-const LEEWAY_SECS: u64 = 30;
+/// Clock skew tolerated on `exp` and `nbf` unless `[auth] leeway` says otherwise.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+
+/// Keys older than this are fetched again, so a key the issuer withdrew stops being trusted.
+pub const JWKS_MAX_AGE: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
@@ -30,6 +33,8 @@ pub struct AuthConfig {
     pub audience: String,
     /// Where the keys are; discovered from the issuer's metadata when absent.
     pub jwks_uri: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
 }
 
 /// Why a request was not authenticated. Messages never contain the token.
@@ -120,29 +125,25 @@ impl Authenticator {
         let jwks_uri = match &config.jwks_uri {
             Some(uri) => uri.clone(),
             None => {
-                let base = config.issuer.trim_end_matches('/');
-                let mut found = None;
                 let mut last_error = String::new();
-                for path in [
-                    "/.well-known/oauth-authorization-server",
-                    "/.well-known/openid-configuration",
-                ] {
-                    match fetch_json::<Metadata>(&http, &format!("{base}{path}")).await {
-                        Ok(m) => {
-                            if m.issuer != config.issuer {
-                                return Err(err(format!(
-                                    "its metadata names the issuer `{}`, not `{}`",
-                                    m.issuer, config.issuer
-                                )));
-                            }
+                let mut found = None;
+                for url in metadata_urls(&config.issuer) {
+                    match fetch_json::<Metadata>(&http, &url).await {
+                        Ok(m)
+                            if m.issuer.trim_end_matches('/')
+                                == config.issuer.trim_end_matches('/') =>
+                        {
                             found = Some(m.jwks_uri);
                             break;
                         }
-                        Err(e) => last_error = e,
+                        Ok(m) => last_error = format!("{url} names the issuer `{}`", m.issuer),
+                        Err(e) => last_error = format!("{url}: {e}"),
                     }
                 }
                 found.ok_or_else(|| {
-                    err(format!("no authorization server metadata ({last_error})"))
+                    err(format!(
+                        "no usable authorization server metadata ({last_error})"
+                    ))
                 })?
             }
         };
@@ -220,7 +221,7 @@ impl Authenticator {
         validation.set_audience(&[&self.config.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.validate_nbf = true;
-        validation.leeway = LEEWAY_SECS;
+        validation.leeway = self.config.leeway.as_secs();
         let data = jsonwebtoken::decode::<BearerClaims>(token, &key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             invalid(match e.kind() {
@@ -255,27 +256,33 @@ impl Authenticator {
 
     /// The key for `kid`, refreshing the JWKS (rate-limited) when the id is unknown.
     async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, AuthError> {
+        self.refresh(JWKS_MAX_AGE).await;
         if let Some(key) = self.find(kid, alg).await {
             return key;
         }
-        let due = self.keys.read().await.fetched.elapsed() >= JWKS_REFRESH_INTERVAL;
-        if due {
-            let mut keys = self.keys.write().await;
-            if keys.fetched.elapsed() >= JWKS_REFRESH_INTERVAL {
-                keys.fetched = Instant::now();
-                match fetch_json::<JwkSet>(&self.http, &self.jwks_uri).await {
-                    Ok(set) => keys.set = set,
-                    Err(e) => {
-                        tracing::warn!(jwks = %self.jwks_uri, error = %e, "JWKS refresh failed")
-                    }
-                }
-            }
-        }
+        self.refresh(JWKS_REFRESH_INTERVAL).await;
         self.find(kid, alg).await.unwrap_or_else(|| {
             Err(AuthError::Invalid(
                 "the token is signed with an unknown key".to_owned(),
             ))
         })
+    }
+
+    /// Fetches the key set again if the last fetch is at least `older_than` ago; one request at
+    /// a time, and a failed fetch keeps the keys there are.
+    async fn refresh(&self, older_than: Duration) {
+        if self.keys.read().await.fetched.elapsed() < older_than {
+            return;
+        }
+        let mut keys = self.keys.write().await;
+        if keys.fetched.elapsed() < older_than {
+            return;
+        }
+        keys.fetched = Instant::now();
+        match fetch_json::<JwkSet>(&self.http, &self.jwks_uri).await {
+            Ok(set) => keys.set = set,
+            Err(e) => tracing::warn!(jwks = %self.jwks_uri, error = %e, "JWKS refresh failed"),
+        }
     }
 
     async fn find(
@@ -302,6 +309,26 @@ impl Authenticator {
                 .map_err(|_| AuthError::Invalid("the issuer's key is unusable".to_owned())),
         )
     }
+}
+
+/// Where an issuer's metadata may be: RFC 8414 inserts the well-known path between host and
+/// path; OpenID Connect appends it.
+fn metadata_urls(issuer: &str) -> Vec<String> {
+    let issuer = issuer.trim_end_matches('/');
+    let (scheme, rest) = issuer.split_once("://").unwrap_or(("https", issuer));
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, String::new()), |(h, p)| (h, format!("/{p}")));
+    let mut urls = vec![
+        format!("{scheme}://{host}/.well-known/oauth-authorization-server{path}"),
+        format!("{issuer}/.well-known/openid-configuration"),
+    ];
+    if !path.is_empty() {
+        urls.push(format!(
+            "{scheme}://{host}/.well-known/openid-configuration{path}"
+        ));
+    }
+    urls
 }
 
 /// The `alg` of a token's header, read without trusting anything else about it.
@@ -353,6 +380,7 @@ mod tests {
             issuer: "https://idp.test".into(),
             audience: "https://nhi.test/mcp".into(),
             jwks_uri: None,
+            leeway: DEFAULT_LEEWAY,
         };
         Issuer {
             encoding: EncodingKey::from_ed_der(der.as_bytes()),

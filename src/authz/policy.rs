@@ -12,7 +12,7 @@ use cedar_policy::{
     PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 
-use super::{Principal, Scope};
+use super::Principal;
 use crate::model::Identity;
 
 const SCHEMA: &str = include_str!("../../policy/nhi.cedarschema");
@@ -288,14 +288,4 @@ fn file_stem(origin: &str) -> String {
     Path::new(origin)
         .file_stem()
         .map_or_else(|| origin.to_owned(), |s| s.to_string_lossy().into_owned())
-}
-
-/// The scopes a principal needs before policy is even asked, per action.
-pub fn scope_of(action: PolicyAction) -> Scope {
-    match action {
-        PolicyAction::Read => Scope::Read,
-        PolicyAction::ProposeRotation | PolicyAction::ProposeRevocation => Scope::Propose,
-        PolicyAction::Apply => Scope::Apply,
-        PolicyAction::Approve => Scope::Approve,
-    }
 }

@@ -108,8 +108,8 @@ fn approval_outcome(p: &Proposal) -> Option<ApprovalOutcome> {
         approvals_required: p.body.required_approvals,
         approvals_received: p.approvals.len(),
         how_to_approve: format!(
-            "a human admin runs `nhi-mcp approve {} --approver NAME` and hands you the approval token; then call `apply_proposal`",
-            p.body.id
+            "a human admin approves it outside this session (`nhi-mcp approve {id} --approver NAME`, or `POST /admin/v1/proposals/{id}/approve` on a hosted server) and hands you the approval token; then call `apply_proposal`",
+            id = p.body.id
         ),
     })
 }
@@ -654,6 +654,8 @@ impl Engine {
                 .proposal(id)
                 .await?
                 .ok_or_else(|| EngineError::NotFound(format!("proposal `{id}` not found")))?;
+            // Deciding either way is the `approve` action.
+            self.authorize(&caller, PolicyAction::Approve, &proposal.body.snapshot)?;
             if !tx
                 .transition(
                     id,

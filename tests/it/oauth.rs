@@ -174,6 +174,38 @@ async fn every_bad_token_is_refused_with_the_right_challenge_and_audited() {
 }
 
 #[tokio::test]
+async fn an_expired_token_is_refused_end_to_end() {
+    let idp = Idp::start();
+    let env = Env::with_config(
+        &idp.config("")
+            .replace("[auth]\n", "[auth]\nleeway = \"0s\"\n"),
+    );
+    let server = env.http_server();
+    let token = idp.token("short-lived", "nhi:read", RESOURCE).await;
+    let fresh = post(&server.url, Some(&token), &init()).await;
+    assert!(
+        fresh.status().is_success(),
+        "a fresh token works: {}",
+        fresh.status()
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let r = post(&server.url, Some(&token), &init()).await;
+    assert_eq!(r.status(), 401);
+    assert!(challenge(&r).contains("error=\"invalid_token\""));
+    let body: Value = r.json().await.expect("json");
+    assert!(
+        body["error"].as_str().expect("error").contains("expired"),
+        "{body}"
+    );
+    drop(server);
+    let audit = env.audit();
+    assert!(
+        audit.iter().any(|r| r["decision"] == "deny"
+            && r["reason"].as_str().is_some_and(|m| m.contains("expired")))
+    );
+}
+
+#[tokio::test]
 async fn protected_resource_metadata() {
     let idp = Idp::start();
     let env = Env::with_config(&idp.config(""));

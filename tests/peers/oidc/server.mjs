@@ -24,6 +24,8 @@ const CLIENTS = {
   agent: 'nhi:read nhi:propose nhi:apply',
   'admin-alice': 'nhi:read nhi:approve',
   'admin-bob': 'nhi:read nhi:approve',
+  // Its tokens live one second: for the expired-token test.
+  'short-lived': 'nhi:read',
 };
 
 // A new signing key at every start: clients must fetch the JWKS.
@@ -48,12 +50,13 @@ server.listen(Number(process.argv[2] ?? 0), '127.0.0.1', () => {
       clientCredentials: { enabled: true },
       resourceIndicators: {
         enabled: true,
-        getResourceServerInfo(ctx, resource) {
+        getResourceServerInfo(ctx, resource, client) {
           if (!resource.startsWith('http://127.0.0.1:') && resource !== 'https://nhi.example.com/mcp') {
             throw new errors.InvalidTarget();
           }
           return {
-            scope: SCOPES.join(' '), audience: resource, accessTokenTTL: 300,
+            scope: SCOPES.join(' '), audience: resource,
+            accessTokenTTL: client?.clientId === 'short-lived' ? 1 : 300,
             accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } },
           };
         },
