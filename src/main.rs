@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use nhi_mcp::cli::{Cli, Command};
 
+const RMCP_CAP: &str = "rmcp=info";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Serve { .. }) {
@@ -15,8 +17,12 @@ fn main() -> ExitCode {
     };
     let filter = std::env::var("NHI_MCP_LOG")
         .unwrap_or_else(|_| format!("nhi_mcp={default_level},rmcp=warn"));
+    // rmcp logs whole requests at debug, and requests carry approval tokens: whatever the
+    // filter says, rmcp is capped at info. The cap is added last, so it wins.
+    let filter = tracing_subscriber::EnvFilter::new(filter)
+        .add_directive(RMCP_CAP.parse().unwrap_or_default());
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();

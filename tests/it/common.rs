@@ -108,12 +108,21 @@ impl Env {
     /// Spawns `serve` over stdio and connects the rmcp client to it. Server logs go to
     /// `stderr_log()` (appended).
     pub async fn stdio(&self) -> Client {
+        self.stdio_with_env(&[]).await
+    }
+
+    /// `stdio()` with extra environment variables for the server.
+    pub async fn stdio_with_env(&self, vars: &[(&str, &str)]) -> Client {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.stderr_log())
             .expect("log file");
-        let cmd = tokio::process::Command::from(self.command(&["serve"]));
+        let mut std_cmd = self.command(&["serve"]);
+        for (k, v) in vars {
+            std_cmd.env(k, v);
+        }
+        let cmd = tokio::process::Command::from(std_cmd);
         let (transport, _) = TokioChildProcess::builder(cmd)
             .stderr(Stdio::from(log))
             .spawn()

@@ -7,7 +7,8 @@ use crate::common::*;
 #[tokio::test]
 async fn the_rotated_secret_and_the_approval_secrets_appear_nowhere_but_the_sink() {
     let env = Env::new();
-    let client = env.stdio().await;
+    // Even with every log turned up: rmcp would log whole requests at debug.
+    let client = env.stdio_with_env(&[("NHI_MCP_LOG", "trace")]).await;
     let mut seen = String::new();
     let (identity, credential) = rotation_target(&client).await;
     let id = propose(&client, &identity, &credential).await;
@@ -44,6 +45,10 @@ async fn the_rotated_secret_and_the_approval_secrets_appear_nowhere_but_the_sink
     let audit = env.cli(&["audit", "export"]);
     let audit = String::from_utf8_lossy(&audit.stdout).to_string();
     let log = std::fs::read_to_string(env.stderr_log()).expect("server log");
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "the log level did not take"
+    );
     let cli_out = {
         let o = env.cli(&["proposals", "show", &id]);
         format!(
