@@ -203,6 +203,7 @@ async fn check(engine: &Engine, config: &Config, out: &mut impl Write) -> anyhow
         config.stdio_principal.scope_list().join(", ")
     )?;
     let caller = Caller::new(&cli_reader(), "config check", serde_json::Value::Null);
+    let mut failing = Vec::new();
     for name in engine.provider_names() {
         let query = IdentityQuery {
             provider: Some(name.clone()),
@@ -220,7 +221,10 @@ async fn check(engine: &Engine, config: &Config, out: &mut impl Write) -> anyhow
                     ""
                 }
             )?,
-            Err(e) => writeln!(out, "provider {name}: NOT OK: {e}")?,
+            Err(e) => {
+                writeln!(out, "provider {name}: NOT OK: {e}")?;
+                failing.push(name);
+            }
         }
     }
     let policy = engine.policy();
@@ -250,6 +254,9 @@ async fn check(engine: &Engine, config: &Config, out: &mut impl Write) -> anyhow
     )?;
     for w in t.warnings() {
         writeln!(out, "warning: {w}")?;
+    }
+    if !failing.is_empty() {
+        bail!("provider(s) not usable: {}", failing.join(", "));
     }
     Ok(())
 }

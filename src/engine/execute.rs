@@ -87,7 +87,7 @@ impl Engine {
                 if Utc::now() < due {
                     let mut tx = self.store.begin().await?;
                     let note = format!(
-                        "waiting for the grace period: the old credential stays valid until {}",
+                        "waiting for the grace period: the steps after it run at {}",
                         due.to_rfc3339()
                     );
                     tx.set_progress(&id, Some(&note), None, Some(due)).await?;
@@ -159,7 +159,13 @@ impl Engine {
                         // retry, or when the step finally fails.
                         Err(e) => Err(EngineError::Provider(ProviderError::Unavailable {
                             provider: provider.name().to_string(),
-                            message: format!("{e}; the new credential is undone before a retry"),
+                            message: if is_create(&step) {
+                                format!("{e}; the new credential is undone before a retry")
+                            } else {
+                                format!(
+                                    "{e}; the new secret may be in effect without a copy in the sink: the retry sets and delivers a fresh one"
+                                )
+                            },
                         })),
                     }
                 }

@@ -49,6 +49,8 @@ const PASSWORD: &str = "password";
 pub struct PostgresProvider {
     name: ProviderName,
     pool: PgPool,
+    /// The role nhi-mcp connects as: changing it would lock nhi-mcp out.
+    own_role: String,
 }
 
 impl PostgresProvider {
@@ -60,12 +62,31 @@ impl PostgresProvider {
                 // The URL holds a password: never echo it.
                 message: "the database URL is not a valid postgres:// URL".to_owned(),
             })?;
+        let own_role = options.get_username().to_owned();
         let options = options.log_statements(tracing::log::LevelFilter::Off);
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(options);
-        Ok(Self { name, pool })
+        Ok(Self {
+            name,
+            pool,
+            own_role,
+        })
+    }
+
+    /// Refuses changes to the role nhi-mcp itself connects as.
+    fn refuse_own_role(&self, identity: &Identity) -> Result<(), ProviderError> {
+        if identity.name == self.own_role {
+            return Err(ProviderError::Refused {
+                provider: self.name.to_string(),
+                message: format!(
+                    "{} is the role nhi-mcp connects as; changing it would lock nhi-mcp out (rotate it by hand and update the URL)",
+                    quote_ident(&identity.name)
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn err(&self, e: sqlx::Error) -> ProviderError {
@@ -257,6 +278,7 @@ impl Provider for PostgresProvider {
         credential: &Credential,
         grace: Duration,
     ) -> Result<Vec<PlanStep>, ProviderError> {
+        self.refuse_own_role(identity)?;
         if identity.disabled {
             return Err(ProviderError::Refused {
                 provider: self.name.to_string(),
@@ -295,6 +317,7 @@ impl Provider for PostgresProvider {
         &self,
         identity: &Identity,
     ) -> Result<(Vec<PlanStep>, BlastRadius), ProviderError> {
+        self.refuse_own_role(identity)?;
         if identity.disabled {
             return Err(ProviderError::Refused {
                 provider: self.name.to_string(),

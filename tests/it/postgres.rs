@@ -331,6 +331,33 @@ async fn an_unreachable_database_is_a_clear_error_without_the_password() {
     );
 }
 
+#[tokio::test]
+async fn the_role_nhi_mcp_connects_as_is_never_changed() {
+    let env = pg_env();
+    let client = env.stdio().await;
+    for (tool, args) in [
+        (
+            "propose_rotation",
+            json!({"identity_id": "pg:role/nhi_admin", "reason": "r"}),
+        ),
+        (
+            "revoke_identity",
+            json!({"identity_id": "pg:role/nhi_admin", "reason": "r"}),
+        ),
+    ] {
+        let msg = client.call(tool, args).await.tool_error();
+        assert!(
+            msg.contains("the role nhi-mcp connects as"),
+            "{tool}: {msg}"
+        );
+    }
+    client.close().await;
+    let mut admin = PgConnection::connect(&admin_url())
+        .await
+        .expect("admin still logs in");
+    admin.execute("SELECT 1").await.expect("admin works");
+}
+
 /// Inline-URL config is refused: the URL holds a password.
 #[test]
 fn postgres_config_needs_a_referenced_url() {
