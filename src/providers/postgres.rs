@@ -368,7 +368,11 @@ impl Provider for PostgresProvider {
         match &step.action {
             StepAction::SetPassword { credential_id } => {
                 let secret = generate_password();
-                let verifier = scram_verifier(secret.expose());
+                let verifier =
+                    scram_verifier(secret.expose()).map_err(|message| ProviderError::Refused {
+                        provider: self.name.to_string(),
+                        message,
+                    })?;
                 // A utility statement takes no bind parameters; the verifier is base64 and `$`,
                 // `:` only, and is quoted as a literal all the same.
                 self.execute(&format!(
@@ -499,28 +503,27 @@ fn generate_password() -> Secret {
 
 /// The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802/7677), in its text
 /// form `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
-fn scram_verifier(password: &str) -> String {
+fn scram_verifier(password: &str) -> Result<String, String> {
     const ITERATIONS: u32 = 4096;
     let mut salt = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut salt);
     let mut salted = [0u8; 32];
     pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), &salt, ITERATIONS, &mut salted);
-    let hmac = |key: &[u8], msg: &[u8]| -> Vec<u8> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    let hmac = |msg: &[u8]| -> Result<Vec<u8>, String> {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&salted).map_err(|e| format!("HMAC: {e}"))?;
         mac.update(msg);
-        mac.finalize().into_bytes().to_vec()
+        Ok(mac.finalize().into_bytes().to_vec())
     };
-    let client_key = hmac(&salted, b"Client Key");
-    let stored_key = Sha256::digest(&client_key);
-    let server_key = hmac(&salted, b"Server Key");
+    let stored_key = Sha256::digest(hmac(b"Client Key")?);
+    let server_key = hmac(b"Server Key")?;
     let b64 = base64::engine::general_purpose::STANDARD;
-    format!(
+    Ok(format!(
         "SCRAM-SHA-256${ITERATIONS}:{}${}:{}",
         b64.encode(salt),
         b64.encode(stored_key),
         b64.encode(server_key)
-    )
+    ))
 }
 
 #[cfg(test)]
@@ -559,7 +562,7 @@ mod tests {
 
     #[test]
     fn scram_verifier_has_postgres_form() {
-        let v = scram_verifier("secret");
+        let v = scram_verifier("secret").unwrap();
         assert!(v.starts_with("SCRAM-SHA-256$4096:"), "{v}");
         assert!(!v.contains("secret") && !v.contains('\''));
         assert_eq!(v.matches('$').count(), 2);
