@@ -437,3 +437,27 @@ impl HttpServer {
         Client { service }
     }
 }
+
+/// A JSON-RPC `initialize` request.
+pub fn init() -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+}
+
+/// A JSON-RPC `tools/call` request.
+pub fn call(tool: &str, args: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": tool, "arguments": args}})
+}
+
+/// POSTs `body` to an MCP endpoint, with a bearer token if given.
+pub async fn post(url: &str, token: Option<&str>, body: &Value) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("Accept", "application/json, text/event-stream")
+        .header("Content-Type", "application/json")
+        .json(body);
+    if let Some(t) = token {
+        request = request.header("Authorization", format!("Bearer {t}"));
+    }
+    request.send().await.expect("post")
+}

@@ -35,8 +35,7 @@ async fn health_and_dns_rebinding_protection() {
         .await
         .expect("healthz");
     assert_eq!(health.status(), 200);
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let init = init();
     let evil = http
         .post(&server.url)
         .header("Host", "evil.example.com")
@@ -57,8 +56,7 @@ async fn browser_origins_other_than_loopback_are_refused() {
     let env = Env::new();
     let server = env.http_server();
     let http = reqwest::Client::new();
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let init = init();
     let post = |origin: &'static str| {
         http.post(&server.url)
             .header("Origin", origin)
