@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::authz::{Principal, Scope};
 use crate::model::{ProviderName, Thresholds, quote_input};
+use crate::providers::aws_iam::{AwsEndpoint, TagKeys};
 
 /// The embedded demo inventories, used when no config names providers.
 pub const DEMO_INVENTORIES: [(&str, &str); 4] = [
@@ -113,30 +114,37 @@ struct RawFindings {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(
-    dead_code,
-    reason = "keys of provider kinds that are not built yet are accepted and refused in validate"
-)]
 struct RawProvider {
     name: String,
     kind: String,
     path: Option<PathBuf>,
     region: Option<String>,
     endpoint_url: Option<String>,
+    profile: Option<String>,
+    path_prefix: Option<String>,
+    tag_keys: Option<RawTagKeys>,
     url_env: Option<String>,
     url_file: Option<PathBuf>,
+    refresh: Option<String>,
+    timeout: Option<String>,
     sink: Option<RawSink>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTagKeys {
+    owner: Option<String>,
+    environment: Option<String>,
+    purpose: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSink {
     kind: String,
-    #[allow(
-        dead_code,
-        reason = "used by the aws_secretsmanager sink, which is not built yet"
-    )]
     prefix: Option<String>,
+    region: Option<String>,
+    endpoint_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,12 +175,35 @@ pub enum ProviderKind {
     Postgres {
         url: crate::model::Secret,
     },
+    /// One AWS account's IAM users and roles, with credentials from the SDK's standard chain.
+    AwsIam {
+        endpoint: AwsEndpoint,
+        tag_keys: TagKeys,
+        /// Only users and roles whose IAM path starts with this (default `/`: all).
+        path_prefix: Option<String>,
+    },
+}
+
+/// Where a provider's new secrets go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkConfig {
+    /// `<data_dir>/secrets/<proposal>.json`, mode 0600.
+    File,
+    /// AWS Secrets Manager, secret `<prefix><provider>/<native id>`.
+    SecretsManager {
+        prefix: String,
+        endpoint: AwsEndpoint,
+    },
 }
 
 #[derive(Debug, Clone)]
 pub struct ProviderConfig {
     pub name: ProviderName,
     pub kind: ProviderKind,
+    pub sink: SinkConfig,
+    /// How old the cached inventory may grow before a background refresh; zero reads the
+    /// provider on every call (no cache).
+    pub refresh: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -279,6 +310,18 @@ fn parse_duration(key: &str, raw: &str) -> Result<Duration, ConfigError> {
             quote_input(raw)
         ))
     })
+}
+
+/// An endpoint override must be an http(s) URL; it is for emulators and VPC endpoints.
+fn check_endpoint_url(at: &str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{at}: `endpoint_url` = {} must start with `http://` or `https://`",
+            quote_input(url)
+        )))
+    }
 }
 
 fn default_data_dir() -> Result<PathBuf, ConfigError> {
@@ -477,6 +520,10 @@ fn validate(
                 for (key, set) in [
                     ("region", p.region.is_some()),
                     ("endpoint_url", p.endpoint_url.is_some()),
+                    ("profile", p.profile.is_some()),
+                    ("path_prefix", p.path_prefix.is_some()),
+                    ("tag_keys", p.tag_keys.is_some()),
+                    ("timeout", p.timeout.is_some()),
                     ("url_env", p.url_env.is_some()),
                     ("url_file", p.url_file.is_some()),
                 ] {
@@ -506,20 +553,16 @@ fn validate(
                     ("path", p.path.is_some()),
                     ("region", p.region.is_some()),
                     ("endpoint_url", p.endpoint_url.is_some()),
+                    ("profile", p.profile.is_some()),
+                    ("path_prefix", p.path_prefix.is_some()),
+                    ("tag_keys", p.tag_keys.is_some()),
+                    ("timeout", p.timeout.is_some()),
                 ] {
                     if set {
                         return Err(invalid(format!(
                             "{at}: `{key}` does not apply to kind `postgres`"
                         )));
                     }
-                }
-                if let Some(sink) = &p.sink
-                    && sink.kind != "file"
-                {
-                    return Err(invalid(format!(
-                        "{at}: the postgres provider delivers to the `file` sink only, not {}",
-                        quote_input(&sink.kind)
-                    )));
                 }
                 let url = match (p.url_env, p.url_file) {
                     (Some(var), None) => std::env::var(&var).map_err(|_| {
@@ -555,10 +598,59 @@ fn validate(
                 }
             }
             "aws_iam" => {
-                return Err(invalid(format!(
-                    "{at}: provider kind `{}` is not available in this version",
-                    p.kind
-                )));
+                for (key, set) in [
+                    ("path", p.path.is_some()),
+                    ("url_env", p.url_env.is_some()),
+                    ("url_file", p.url_file.is_some()),
+                ] {
+                    if set {
+                        return Err(invalid(format!(
+                            "{at}: `{key}` does not apply to kind `aws_iam` (credentials come from the AWS SDK's standard chain: environment, profile, SSO, web identity, instance role)"
+                        )));
+                    }
+                }
+                if let Some(url) = &p.endpoint_url {
+                    check_endpoint_url(&at, url)?;
+                }
+                if let Some(prefix) = &p.path_prefix
+                    && !(prefix.starts_with('/') && prefix.ends_with('/'))
+                {
+                    return Err(invalid(format!(
+                        "{at}: `path_prefix` = {} must start and end with `/`, like an IAM path",
+                        quote_input(prefix)
+                    )));
+                }
+                let defaults = TagKeys::default();
+                let tag_keys = match &p.tag_keys {
+                    None => defaults,
+                    Some(t) => TagKeys {
+                        owner: t.owner.clone().unwrap_or(defaults.owner),
+                        environment: t.environment.clone().unwrap_or(defaults.environment),
+                        purpose: t.purpose.clone().unwrap_or(defaults.purpose),
+                    },
+                };
+                let timeout = match &p.timeout {
+                    Some(raw) => {
+                        let t = parse_duration(&format!("providers[{i}].timeout"), raw)?;
+                        if t < Duration::from_secs(1) || t > Duration::from_secs(25) {
+                            return Err(invalid(format!(
+                                "{at}: `timeout` must be between 1s and 25s (every provider call is also cut off at 30s)"
+                            )));
+                        }
+                        Some(t)
+                    }
+                    None => None,
+                };
+                ProviderKind::AwsIam {
+                    endpoint: AwsEndpoint {
+                        region: p.region.clone(),
+                        endpoint_url: p.endpoint_url.clone(),
+                        profile: p.profile.clone(),
+                        timeout,
+                    },
+                    tag_keys,
+                    path_prefix: p.path_prefix.clone(),
+                }
             }
             other => {
                 return Err(invalid(format!(
@@ -567,7 +659,81 @@ fn validate(
                 )));
             }
         };
-        providers.push(ProviderConfig { name, kind });
+        let sink = match p.sink {
+            None => SinkConfig::File,
+            Some(sink) => match sink.kind.as_str() {
+                "file" => {
+                    for (key, set) in [
+                        ("prefix", sink.prefix.is_some()),
+                        ("region", sink.region.is_some()),
+                        ("endpoint_url", sink.endpoint_url.is_some()),
+                    ] {
+                        if set {
+                            return Err(invalid(format!(
+                                "{at}: sink key `{key}` does not apply to the `file` sink"
+                            )));
+                        }
+                    }
+                    SinkConfig::File
+                }
+                "aws_secretsmanager" => {
+                    if matches!(kind, ProviderKind::Inventory { .. }) {
+                        return Err(invalid(format!(
+                            "{at}: the inventory provider's secrets are demo data: it delivers to the `file` sink only"
+                        )));
+                    }
+                    if let Some(url) = &sink.endpoint_url {
+                        check_endpoint_url(&at, url)?;
+                    }
+                    let prefix = sink.prefix.unwrap_or_else(|| "nhi-mcp/".to_owned());
+                    if !prefix
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c))
+                    {
+                        return Err(invalid(format!(
+                            "{at}: sink `prefix` = {} may hold only letters, digits and /_+=.@- (Secrets Manager's name characters)",
+                            quote_input(&prefix)
+                        )));
+                    }
+                    // An AWS provider's sink defaults to the provider's own region and endpoint.
+                    let endpoint = match &kind {
+                        ProviderKind::AwsIam { endpoint, .. } => AwsEndpoint {
+                            region: sink.region.or_else(|| endpoint.region.clone()),
+                            endpoint_url: sink
+                                .endpoint_url
+                                .or_else(|| endpoint.endpoint_url.clone()),
+                            ..endpoint.clone()
+                        },
+                        _ => AwsEndpoint {
+                            region: sink.region,
+                            endpoint_url: sink.endpoint_url,
+                            ..AwsEndpoint::default()
+                        },
+                    };
+                    SinkConfig::SecretsManager { prefix, endpoint }
+                }
+                other => {
+                    return Err(invalid(format!(
+                        "{at}: unknown sink kind {}; known kinds: file, aws_secretsmanager",
+                        quote_input(other)
+                    )));
+                }
+            },
+        };
+        let refresh = match &p.refresh {
+            Some(raw) => parse_duration(&format!("providers[{i}].refresh"), raw)?,
+            // A local file and one SQL query are cheap; an AWS account's inventory is not.
+            None => match kind {
+                ProviderKind::AwsIam { .. } => Duration::from_secs(300),
+                _ => Duration::ZERO,
+            },
+        };
+        providers.push(ProviderConfig {
+            name,
+            kind,
+            sink,
+            refresh,
+        });
     }
     if providers.is_empty() {
         for (name, _) in DEMO_INVENTORIES {
@@ -576,6 +742,8 @@ fn validate(
                 kind: ProviderKind::Inventory {
                     source: InventorySource::Embedded(name),
                 },
+                sink: SinkConfig::File,
+                refresh: Duration::ZERO,
             });
         }
     }

@@ -26,17 +26,23 @@ async fn dispatch(engine: &Engine, config: &Config, command: Command) -> anyhow:
     let mut out = std::io::stdout().lock();
     match command {
         Command::Identities {
-            command: IdentitiesCommand::List { provider, finding },
+            command:
+                IdentitiesCommand::List {
+                    provider,
+                    finding,
+                    refresh,
+                },
         } => {
             let caller = Caller::new(
                 &cli_reader(),
                 "identities list",
-                serde_json::json!({"provider": provider, "finding": finding}),
+                serde_json::json!({"provider": provider, "finding": finding, "refresh": refresh}),
             );
             let mut query = IdentityQuery {
                 provider,
                 finding,
                 limit: Some(500),
+                refresh,
                 ..Default::default()
             };
             writeln!(
@@ -61,7 +67,23 @@ async fn dispatch(engine: &Engine, config: &Config, command: Command) -> anyhow:
                 }
                 match page.next_cursor {
                     Some(c) => query.cursor = Some(c),
-                    None => break,
+                    None => {
+                        // Only `serve` refreshes the cache in the background: say how old it is.
+                        for f in page.freshness.iter().filter(|f| f.source != "live") {
+                            eprintln!(
+                                "note: provider {}: from the cached inventory read {} ago{}; pass --refresh to read it live",
+                                f.provider,
+                                humantime::format_duration(std::time::Duration::from_secs(
+                                    f.age_secs
+                                )),
+                                f.last_refresh_error
+                                    .as_ref()
+                                    .map(|e| format!(" (the last refresh failed: {e})"))
+                                    .unwrap_or_default()
+                            );
+                        }
+                        break;
+                    }
                 }
             }
         }
@@ -205,22 +227,34 @@ async fn check(engine: &Engine, config: &Config, out: &mut impl Write) -> anyhow
     let caller = Caller::new(&cli_reader(), "config check", serde_json::Value::Null);
     let mut failing = Vec::new();
     for name in engine.provider_names() {
+        // A live read: the check is whether the provider answers now, not what the cache holds.
         let query = IdentityQuery {
             provider: Some(name.clone()),
             limit: Some(500),
+            refresh: true,
             ..Default::default()
         };
         match engine.list_identities(&caller, query).await {
-            Ok(page) => writeln!(
-                out,
-                "provider {name}: ok, {} identities{}; can rotate and revoke",
-                page.items.len(),
-                if page.next_cursor.is_some() {
-                    " (first 500)"
-                } else {
-                    ""
+            Ok(page) => {
+                writeln!(
+                    out,
+                    "provider {name}: ok, sees {} identities{}",
+                    page.items.len(),
+                    if page.next_cursor.is_some() {
+                        " (first 500)"
+                    } else {
+                        ""
+                    }
+                )?;
+                match engine.provider_capabilities(&name).await {
+                    Ok(lines) => {
+                        for line in lines {
+                            writeln!(out, "  {line}")?;
+                        }
+                    }
+                    Err(e) => writeln!(out, "  cannot tell what it may change: {e}")?,
                 }
-            )?,
+            }
             Err(e) => {
                 writeln!(out, "provider {name}: NOT OK: {e}")?;
                 failing.push(name);

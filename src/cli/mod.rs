@@ -95,6 +95,9 @@ pub enum IdentitiesCommand {
         /// An OWASP id (`NHI7`) or a rule (`unused`, `privileged`, ...).
         #[arg(long)]
         finding: Option<String>,
+        /// Read the providers live instead of their cached inventory.
+        #[arg(long)]
+        refresh: bool,
     },
 }
 
@@ -192,6 +195,24 @@ async fn serve(config: Config, http: Option<String>) -> anyhow::Result<()> {
             }
         }
     });
+    // The inventory refresh runs on its own loop: a slow provider must not hold up expiring
+    // proposals and running due steps.
+    let refresher = tokio::spawn({
+        let engine = engine.clone();
+        let cancel = cancel.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    // Logs its own failures; cheap when no inventory is due.
+                    () = async {
+                        tokio::time::sleep(TICK).await;
+                        engine.refresh_due().await;
+                    } => {}
+                }
+            }
+        }
+    });
     let result = match addr {
         Some(addr) => {
             let shutdown = cancel.clone();
@@ -216,6 +237,7 @@ async fn serve(config: Config, http: Option<String>) -> anyhow::Result<()> {
     };
     cancel.cancel();
     let _ = ticker.await;
+    let _ = refresher.await;
     engine.store().close().await;
     result
 }

@@ -92,6 +92,8 @@ impl Engine {
                     );
                     tx.set_progress(&id, Some(&note), None, Some(due)).await?;
                     tx.commit().await?;
+                    // The steps before the grace period changed the identity.
+                    self.refresh_cached_identity(plan.identity_id()).await;
                     return self.reload(&id).await;
                 }
             }
@@ -139,7 +141,7 @@ impl Engine {
                     secret,
                 }) => {
                     match self
-                        .sink
+                        .sink_for(provider.name().as_str())?
                         .put(&id, plan.identity_id(), &credential_id, &secret)
                         .await
                     {
@@ -223,6 +225,7 @@ impl Engine {
                 .await?;
         }
         tx.commit().await?;
+        self.refresh_cached_identity(&p.body.identity_id).await;
         self.reload(id).await
     }
 
@@ -302,6 +305,11 @@ impl Engine {
         .await;
         if let Err(e) = result {
             tracing::error!(error = %e, proposal = %id, "cannot record a failed step");
+        }
+        if !(transient && attempts < MAX_ATTEMPTS) {
+            // The proposal failed: steps before this one (or a rollback) may have changed the
+            // identity. A step to be retried refreshes it when the proposal gets to an end.
+            self.refresh_cached_identity(plan.identity_id()).await;
         }
         err
     }

@@ -4,6 +4,7 @@
 
 mod cursor;
 mod execute;
+mod inventory;
 mod query;
 mod workflow;
 
@@ -15,18 +16,19 @@ use serde_json::Value;
 
 use crate::audit::{AuditEntry, Decision};
 use crate::authz::{ApprovalKey, Policy, PolicyAction, PolicyDecision, Principal, Scope};
-use crate::config::{Config, ProviderKind};
+use crate::config::{Config, ProviderKind, SinkConfig};
 use crate::model::{
-    Action, Identity, IdentityId, Proposal, ProposalId, ProposalStatus, Thresholds,
+    Action, CredentialId, Identity, IdentityId, Proposal, ProposalId, ProposalStatus, Thresholds,
 };
 use crate::providers::inventory::InventoryProvider;
-use crate::providers::sink::{FileSink, SecretSink};
+use crate::providers::sink::{FileSink, SecretSink, SecretsManagerSink};
 use crate::providers::{Provider, ProviderError};
 use crate::store::{Store, StoreError};
 
 pub use cursor::Page;
 pub use query::{
-    FindingQuery, FindingsPage, FindingsSummary, IdentityDetail, IdentityQuery, IdentitySummary,
+    FindingQuery, FindingsPage, FindingsSummary, Freshness, IdentitiesPage, IdentityDetail,
+    IdentityQuery, IdentitySummary,
 };
 pub use workflow::{ApprovalOutcome, ApproveResult, ProposalQuery, ProposeOutcome, RevokeOutcome};
 
@@ -130,6 +132,9 @@ pub struct ApprovedPlan {
     identity_id: IdentityId,
     action: Action,
     grace: Duration,
+    /// The credentials the approved snapshot listed: anything else an interrupted step left
+    /// behind is the step's own doing.
+    snapshot_credentials: Vec<CredentialId>,
 }
 
 impl ApprovedPlan {
@@ -140,13 +145,25 @@ impl ApprovedPlan {
             identity_id: proposal.body.identity_id.clone(),
             action: proposal.body.action,
             grace: Duration::from_secs(proposal.body.grace_period_secs),
+            snapshot_credentials: proposal
+                .body
+                .snapshot
+                .credentials
+                .iter()
+                .map(|c| c.id.clone())
+                .collect(),
         })
     }
 
     /// For the provider conformance suite, which runs steps without a proposal.
     #[cfg(test)]
-    pub(crate) fn for_conformance_tests(identity_id: IdentityId, action: Action) -> Self {
+    pub(crate) fn for_conformance_tests(
+        identity_id: IdentityId,
+        action: Action,
+        snapshot_credentials: Vec<CredentialId>,
+    ) -> Self {
         Self {
+            snapshot_credentials,
             proposal_id: ProposalId::generate(),
             identity_id,
             action,
@@ -169,12 +186,17 @@ impl ApprovedPlan {
     pub fn grace(&self) -> Duration {
         self.grace
     }
+
+    pub fn snapshot_credentials(&self) -> &[CredentialId] {
+        &self.snapshot_credentials
+    }
 }
 
 pub struct Engine {
     store: Store,
     providers: BTreeMap<String, Arc<dyn Provider>>,
-    sink: Arc<dyn SecretSink>,
+    /// Each provider's secret sink.
+    sinks: BTreeMap<String, Arc<dyn SecretSink>>,
     approval: ApprovalKey,
     thresholds: Thresholds,
     proposal_ttl: Duration,
@@ -182,6 +204,8 @@ pub struct Engine {
     step_pause: Duration,
     policy: Policy,
     max_proposals_per_hour: Option<u32>,
+    /// The cached inventories of the providers with a non-zero `refresh`.
+    inventory: inventory::InventoryCache,
 }
 
 impl Engine {
@@ -195,6 +219,8 @@ impl Engine {
             config.approval.token_ttl,
         )?;
         let mut providers: BTreeMap<String, Arc<dyn Provider>> = BTreeMap::new();
+        let mut sinks: BTreeMap<String, Arc<dyn SecretSink>> = BTreeMap::new();
+        let file_sink: Arc<dyn SecretSink> = Arc::new(FileSink::new(&config.data_dir));
         for p in &config.providers {
             let provider: Arc<dyn Provider> = match &p.kind {
                 ProviderKind::Inventory { source } => Arc::new(InventoryProvider::open(
@@ -208,16 +234,44 @@ impl Engine {
                         url,
                     )?)
                 }
+                ProviderKind::AwsIam {
+                    endpoint,
+                    tag_keys,
+                    path_prefix,
+                } => {
+                    let sdk = crate::providers::aws_iam::sdk_config(endpoint).await;
+                    Arc::new(crate::providers::aws_iam::AwsIamProvider::new(
+                        p.name.clone(),
+                        &sdk,
+                        tag_keys.clone(),
+                        path_prefix.clone(),
+                    ))
+                }
+            };
+            let sink: Arc<dyn SecretSink> = match &p.sink {
+                SinkConfig::File => file_sink.clone(),
+                SinkConfig::SecretsManager { prefix, endpoint } => {
+                    let sdk = crate::providers::aws_iam::sdk_config(endpoint).await;
+                    Arc::new(SecretsManagerSink::new(&sdk, prefix.clone()))
+                }
             };
             providers.insert(p.name.to_string(), provider);
+            sinks.insert(p.name.to_string(), sink);
         }
         let policy = Policy::load(&config.policy_files)?;
+        let inventory = inventory::InventoryCache::new(
+            config
+                .providers
+                .iter()
+                .map(|p| (p.name.to_string(), p.refresh)),
+        );
         Ok(Self {
+            inventory,
             policy,
             max_proposals_per_hour: config.max_proposals_per_hour,
             store,
             providers,
-            sink: Arc::new(FileSink::new(&config.data_dir)),
+            sinks,
             approval,
             thresholds: config.thresholds,
             proposal_ttl: config.approval.proposal_ttl,
@@ -368,25 +422,27 @@ impl Engine {
             .ok_or_else(|| not_found_identity(id))
     }
 
-    /// The identity as its provider sees it now.
+    /// The identity as its provider sees it now (also put into the provider's cached
+    /// inventory, if it has one, so lists agree with it).
     async fn fetch_identity(&self, id: &IdentityId) -> Result<Identity> {
         let provider = self.provider_for(id)?;
-        with_timeout(provider.get(id), provider.name().as_str())
-            .await?
-            .ok_or_else(|| not_found_identity(id))
+        let found = with_timeout(provider.get(id), provider.name().as_str()).await?;
+        self.note_identity(id, found.as_ref()).await;
+        found.ok_or_else(|| not_found_identity(id))
     }
 
-    /// Every identity of every provider (or one provider), sorted by id.
-    async fn all_identities(&self, provider: Option<&str>) -> Result<Vec<Identity>> {
-        let mut out = Vec::new();
-        for (name, p) in &self.providers {
-            if provider.is_some_and(|want| want != name) {
-                continue;
-            }
-            out.extend(with_timeout(p.list(), name).await?);
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+    /// What provider `name` can do with its credentials (`config check`).
+    pub async fn provider_capabilities(&self, name: &str) -> Result<Vec<String>> {
+        let p = self.providers.get(name).ok_or_else(|| {
+            EngineError::InvalidArgument(format!("provider `{name}` is not configured"))
+        })?;
+        with_timeout(p.capabilities(), name).await
+    }
+
+    fn sink_for(&self, provider: &str) -> Result<&Arc<dyn SecretSink>> {
+        self.sinks.get(provider).ok_or_else(|| {
+            EngineError::Internal(format!("provider `{provider}` has no secret sink"))
+        })
     }
 }
 

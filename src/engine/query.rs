@@ -34,6 +34,49 @@ pub struct IdentityQuery {
     pub cursor: Option<String>,
     #[serde(skip)]
     pub limit: Option<u32>,
+    /// Read the providers live instead of their cached inventory. Not part of the cursor's
+    /// query hash: the next page may come from the cache.
+    #[serde(skip)]
+    pub refresh: bool,
+}
+
+/// Where one provider's part of a result came from, and how old it is.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Freshness {
+    pub provider: String,
+    /// `live`: read from the provider for this call; `cache`: the cached inventory, which the
+    /// background refresh renews.
+    pub source: String,
+    /// When the provider was read.
+    pub as_of: DateTime<Utc>,
+    /// Seconds between `as_of` and this answer.
+    pub age_secs: u64,
+    /// Why the last background refresh of this provider failed, if it did; cleared by the next
+    /// successful read.
+    pub last_refresh_error: Option<String>,
+}
+
+impl Freshness {
+    /// Read from `provider` for this call, just now.
+    pub(super) fn live(provider: &str) -> Self {
+        Self {
+            provider: provider.to_owned(),
+            source: "live".to_owned(),
+            as_of: Utc::now(),
+            age_secs: 0,
+            last_refresh_error: None,
+        }
+    }
+}
+
+/// One page of `list_identities`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct IdentitiesPage {
+    pub items: Vec<IdentitySummary>,
+    /// Pass back as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+    /// How fresh the data is, per provider the query covered.
+    pub freshness: Vec<Freshness>,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -65,6 +108,8 @@ pub struct IdentityDetail {
     pub identity: Identity,
     pub findings: Vec<Finding>,
     pub open_proposals: Vec<OpenProposal>,
+    /// When the identity was read from its provider: always for this call, never from a cache.
+    pub as_of: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -79,6 +124,10 @@ pub struct FindingQuery {
     pub cursor: Option<String>,
     #[serde(skip)]
     pub limit: Option<u32>,
+    /// Read the providers live instead of their cached inventory. Not part of the cursor's
+    /// query hash: the next page may come from the cache.
+    #[serde(skip)]
+    pub refresh: bool,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -97,6 +146,9 @@ pub struct FindingsPage {
     pub thresholds: Thresholds,
     /// Thresholds loosened past their floor.
     pub threshold_warnings: Vec<String>,
+    /// How fresh the data is, per provider: `live` (read for this call) or `cache` (read
+    /// `age_secs` ago by the background refresh; pass `refresh: true` to read live).
+    pub freshness: Vec<Freshness>,
 }
 
 fn matches_finding(filter: &str, f: &Finding) -> bool {
@@ -148,7 +200,7 @@ impl Engine {
         &self,
         caller: &Caller,
         q: IdentityQuery,
-    ) -> Result<Page<IdentitySummary>> {
+    ) -> Result<IdentitiesPage> {
         self.require(caller, Scope::Read).await?;
         let result = self.list_identities_inner(caller, &q).await;
         let result = match result {
@@ -165,7 +217,7 @@ impl Engine {
         &self,
         caller: &Caller,
         q: &IdentityQuery,
-    ) -> Result<Page<IdentitySummary>> {
+    ) -> Result<IdentitiesPage> {
         let limit = cursor::check_limit(q.limit)?;
         check_text_filters(&[
             ("provider", &q.provider),
@@ -180,7 +232,10 @@ impl Engine {
         let now = Utc::now();
         let text = q.text.as_ref().map(|t| t.to_lowercase());
         let mut out = Vec::new();
-        for identity in self.all_identities(q.provider.as_deref()).await? {
+        let (identities, freshness) = self
+            .all_identities(q.provider.as_deref(), q.refresh)
+            .await?;
+        for identity in identities {
             if !self.may_read(caller, &identity) {
                 continue;
             }
@@ -243,21 +298,22 @@ impl Engine {
                 id: identity.id,
             });
         }
-        Ok(cursor::paginate(
-            out,
-            |s| s.id.to_string(),
-            after.as_deref(),
-            limit,
-            &hash,
-        ))
+        let page: Page<IdentitySummary> =
+            cursor::paginate(out, |s| s.id.to_string(), after.as_deref(), limit, &hash);
+        Ok(IdentitiesPage {
+            items: page.items,
+            next_cursor: page.next_cursor,
+            freshness,
+        })
     }
 
     pub async fn get_identity(&self, caller: &Caller, id: &IdentityId) -> Result<IdentityDetail> {
         self.require(caller, Scope::Read).await?;
         let result = async {
             let identity = self.fetch_identity(id).await?;
+            let as_of = Utc::now();
             self.authorize(caller, PolicyAction::Read, &identity)?;
-            let findings = evaluate(&identity, &self.thresholds, Utc::now());
+            let findings = evaluate(&identity, &self.thresholds, as_of);
             let filter = ProposalFilter {
                 identity_id: Some(id.clone()),
                 ..Default::default()
@@ -280,6 +336,7 @@ impl Engine {
                 identity,
                 findings,
                 open_proposals,
+                as_of,
             })
         }
         .await;
@@ -295,18 +352,23 @@ impl Engine {
             self.check_provider_filter(&q.provider)?;
             let hash = cursor::query_hash(&q);
             let after = cursor::decode(q.cursor.as_deref(), &hash)?;
-            let identities = match &q.identity_id {
+            let (identities, freshness) = match &q.identity_id {
                 Some(id) => {
                     let identity = self.fetch_identity(id).await?;
                     self.authorize(caller, PolicyAction::Read, &identity)?;
-                    vec![identity]
+                    let freshness = vec![Freshness::live(id.provider())];
+                    (vec![identity], freshness)
                 }
-                None => self
-                    .all_identities(q.provider.as_deref())
-                    .await?
-                    .into_iter()
-                    .filter(|i| self.may_read(caller, i))
-                    .collect(),
+                None => {
+                    let (all, freshness) = self
+                        .all_identities(q.provider.as_deref(), q.refresh)
+                        .await?;
+                    let readable: Vec<Identity> = all
+                        .into_iter()
+                        .filter(|i| self.may_read(caller, i))
+                        .collect();
+                    (readable, freshness)
+                }
             };
             let now = Utc::now();
             let mut all: Vec<Finding> = identities
@@ -340,6 +402,7 @@ impl Engine {
                 summary,
                 thresholds: self.thresholds,
                 threshold_warnings: self.thresholds.warnings(),
+                freshness,
             })
         }
         .await;

@@ -21,8 +21,8 @@ use serde_json::Value;
 use super::ToolError;
 use crate::authz::{Principal, Scope};
 use crate::engine::{
-    Caller, Engine, FindingQuery, FindingsPage, IdentityDetail, IdentityQuery, IdentitySummary,
-    ProposalQuery, ProposeOutcome, RevokeOutcome,
+    Caller, Engine, FindingQuery, FindingsPage, Freshness, IdentityDetail, IdentityQuery,
+    IdentitySummary, ProposalQuery, ProposeOutcome, RevokeOutcome,
 };
 use crate::model::{
     CredentialId, IdentityId, IdentityKind, Proposal, ProposalId, ProposalStatus, Severity,
@@ -110,6 +110,9 @@ pub struct ListIdentitiesArgs {
     pub cursor: Option<String>,
     /// Page size, 1 to 500 (default 50).
     pub limit: Option<u32>,
+    /// Read the providers live instead of the cached inventory (slower; the result's
+    /// `freshness` says what was used).
+    pub refresh: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -132,6 +135,9 @@ pub struct ListFindingsArgs {
     pub cursor: Option<String>,
     /// Page size, 1 to 500 (default 50).
     pub limit: Option<u32>,
+    /// Read the providers live instead of the cached inventory (slower; the result's
+    /// `freshness` says what was used).
+    pub refresh: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -188,6 +194,9 @@ pub struct ListProposalsArgs {
 pub struct ListIdentitiesResult {
     pub identities: Vec<IdentitySummary>,
     pub next_cursor: Option<String>,
+    /// How fresh the data is, per provider: `live` (read for this call) or `cache` (read
+    /// `age_secs` ago by the background refresh; pass `refresh: true` to read live).
+    pub freshness: Vec<Freshness>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -294,12 +303,14 @@ impl NhiServer {
             credential_age_days: args.credential_age_days,
             cursor: args.cursor.clone(),
             limit: args.limit,
+            refresh: args.refresh.unwrap_or(false),
         };
         let caller = self.caller("list_identities", &query_args(&args));
         let page = self.engine.list_identities(&caller, query).await?;
         Ok(Json(ListIdentitiesResult {
             identities: page.items,
             next_cursor: page.next_cursor,
+            freshness: page.freshness,
         }))
     }
 
@@ -354,6 +365,7 @@ impl NhiServer {
             finding: args.finding,
             cursor: args.cursor,
             limit: args.limit,
+            refresh: args.refresh.unwrap_or(false),
         };
         Ok(Json(self.engine.list_findings(&caller, query).await?))
     }
@@ -542,13 +554,14 @@ fn query_args(a: &ListIdentitiesArgs) -> Value {
         "provider": a.provider, "kind": a.kind, "owner": a.owner, "environment": a.environment,
         "text": a.text, "finding": a.finding, "unused_for_days": a.unused_for_days,
         "credential_age_days": a.credential_age_days, "cursor": a.cursor, "limit": a.limit,
+        "refresh": a.refresh,
     })
 }
 
 fn finding_args(a: &ListFindingsArgs) -> Value {
     serde_json::json!({
         "identity_id": a.identity_id, "provider": a.provider, "severity": a.severity,
-        "finding": a.finding, "cursor": a.cursor, "limit": a.limit,
+        "finding": a.finding, "cursor": a.cursor, "limit": a.limit, "refresh": a.refresh,
     })
 }
 

@@ -73,7 +73,11 @@ pub async fn check(provider: &dyn Provider, target: &IdentityId) {
     );
 
     // Applying a step twice equals applying it once.
-    let plan = ApprovedPlan::for_conformance_tests(target.clone(), Action::Revoke);
+    let plan = ApprovedPlan::for_conformance_tests(
+        target.clone(),
+        Action::Revoke,
+        identity.credentials.iter().map(|c| c.id.clone()).collect(),
+    );
     for step in &steps {
         let once = provider.apply_step(&plan, step).await.expect("apply once");
         assert!(
@@ -125,6 +129,84 @@ mod tests {
         let p =
             InventoryProvider::open(name, InventorySource::File(file), dir.path()).expect("open");
         check(&p, &IdentityId::parse("inv:user/ci-deploy").expect("id")).await;
+    }
+
+    #[tokio::test]
+    async fn aws_iam_conforms() {
+        use crate::providers::aws_iam::{AwsIamProvider, TagKeys};
+        let url = std::env::var("NHI_TEST_MOTO_URL").expect(
+            "NHI_TEST_MOTO_URL is not set: run the suite with `./tests/run`, which starts moto",
+        );
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(http)
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&url)
+            .credentials_provider(aws_sdk_iam::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .load()
+            .await;
+        // A path of this test's own: the provider sees only these users.
+        let path = format!("/conformance{}/", uuid::Uuid::new_v4().simple());
+        let iam = aws_sdk_iam::Client::new(&sdk);
+        for user in ["svc-a", "svc-b", "svc-c"] {
+            iam.create_user()
+                .user_name(user)
+                .path(&path)
+                .send()
+                .await
+                .expect("user");
+            iam.create_access_key()
+                .user_name(user)
+                .send()
+                .await
+                .expect("key");
+        }
+        iam.create_login_profile()
+            .user_name("svc-b")
+            .password("Conformance-Pw-1")
+            .send()
+            .await
+            .expect("login profile");
+        let name = ProviderName::parse("aws").expect("name");
+        let p = AwsIamProvider::new(name, &sdk, TagKeys::default(), Some(path));
+        check(&p, &IdentityId::parse("aws:user/svc-b").expect("id")).await;
+
+        // An unreachable endpoint is a clear error, marked unavailable (so an apply retries).
+        let dead = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(
+                aws_smithy_http_client::Builder::new()
+                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                    ))
+                    .build_https(),
+            )
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url("http://127.0.0.1:9")
+            .credentials_provider(aws_sdk_iam::config::Credentials::new(
+                "AKIDEXAMPLE",
+                "wrong-Secret-123",
+                None,
+                None,
+                "test",
+            ))
+            .load()
+            .await;
+        let name = ProviderName::parse("aws").expect("name");
+        let bad = AwsIamProvider::new(name, &dead, TagKeys::default(), None);
+        let err = bad.list().await.expect_err("unreachable");
+        assert!(
+            matches!(err, crate::providers::ProviderError::Unavailable { .. }),
+            "{err}"
+        );
+        let err = err.to_string();
+        assert!(!err.contains("wrong-Secret-123"), "{err}");
+        assert!(err.starts_with("provider `aws` is unavailable"), "{err}");
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 //! applying rotations and revocations) that default to "unsupported". Providers know nothing of
 //! MCP, HTTP or the store.
 
+pub mod aws_iam;
 #[cfg(test)]
 mod conformance;
 pub mod inventory;
@@ -103,6 +104,12 @@ pub trait Provider: Send + Sync {
     ) -> Result<String, ProviderError> {
         let _ = (plan, step);
         Err(self.unsupported("rolling back"))
+    }
+
+    /// What this provider can do with the credentials it has, one line each, for
+    /// `nhi-mcp config check`. Asking may call the backend.
+    async fn capabilities(&self) -> Result<Vec<String>, ProviderError> {
+        Ok(vec!["can rotate and revoke".to_owned()])
     }
 
     fn unsupported(&self, what: &'static str) -> ProviderError {

@@ -408,6 +408,37 @@ impl Provider for PostgresProvider {
         }
     }
 
+    async fn capabilities(&self) -> Result<Vec<String>, ProviderError> {
+        let row = sqlx::query(
+            "SELECT r.rolsuper, r.rolcreaterole,
+                    pg_has_role(r.oid, 'pg_signal_backend', 'USAGE') AS can_signal
+             FROM pg_roles r WHERE r.rolname = current_user",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let get = |col: &str| row.try_get::<bool, _>(col).map_err(|e| self.err(e));
+        let (superuser, createrole, can_signal) =
+            (get("rolsuper")?, get("rolcreaterole")?, get("can_signal")?);
+        let role = quote_ident(&self.own_role);
+        let mut lines = vec![format!(
+            "connects as role {role} (never changed by nhi-mcp)"
+        )];
+        lines.push(if superuser {
+            format!("{role} is a superuser: it can rotate and revoke every role (a role with CREATEROLE is enough)")
+        } else if createrole {
+            format!("{role} has CREATEROLE: it can rotate and revoke roles that are not superusers")
+        } else {
+            format!("cannot rotate or revoke: {role} lacks CREATEROLE")
+        });
+        if !superuser && !can_signal {
+            lines.push(format!(
+                "cannot terminate other roles' sessions: {role} is not a member of pg_signal_backend"
+            ));
+        }
+        Ok(lines)
+    }
+
     async fn rollback_step(
         &self,
         _plan: &ApprovedPlan,

@@ -1,9 +1,11 @@
-//! Persistence: proposals, approvals, used token ids, execution steps and the audit chain.
-//! The only module that knows SQL. A backend is a variant of `Store`; SQLite (the embedded
-//! default) is the one built so far.
+//! Persistence: proposals, approvals, used token ids, execution steps, the audit chain and the
+//! inventory cache. The only module that knows SQL. A backend is a variant of `Store`; SQLite
+//! (the embedded default) is the one built so far.
 //!
 //! Every write goes through a `Tx`, begun `IMMEDIATE` so that writers (the server and a CLI
 //! `approve` in another process) serialize, and the audit record of a change commits with it.
+//! The inventory cache is the exception: a copy of what the providers say, written outside the
+//! audit chain by `Store::put_inventory` and `Store::drop_inventory`.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -15,7 +17,7 @@ use sqlx::{Row, SqlitePool};
 use crate::audit::{self, AuditEntry, AuditRecord, Decision};
 use crate::config::DatabaseConfig;
 use crate::model::proposal::{Approval, StepPhase, StepRecord, StepStatus};
-use crate::model::{IdentityId, Proposal, ProposalBody, ProposalId, ProposalStatus};
+use crate::model::{Identity, IdentityId, Proposal, ProposalBody, ProposalId, ProposalStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -202,6 +204,64 @@ impl Store {
             .fetch_all(pool)
             .await?;
         rows.iter().map(audit_from_row).collect()
+    }
+
+    /// The inventory of `provider` as last saved by `put_inventory`, and when it was read.
+    pub async fn cached_inventory(
+        &self,
+        provider: &str,
+    ) -> Result<Option<(Vec<Identity>, DateTime<Utc>)>> {
+        let Self::Sqlite(pool) = self;
+        let Some(row) =
+            sqlx::query("SELECT identities, refreshed_at FROM inventory_cache WHERE provider = $1")
+                .bind(provider)
+                .fetch_optional(pool)
+                .await?
+        else {
+            return Ok(None);
+        };
+        let raw: String = row.try_get("identities")?;
+        let identities: Vec<Identity> = serde_json::from_str(&raw)
+            .map_err(|e| StoreError::Corrupt(format!("inventory cache of `{provider}`: {e}")))?;
+        let refreshed_at = parse_ts(&row.try_get::<String, _>("refreshed_at")?)?;
+        Ok(Some((identities, refreshed_at)))
+    }
+
+    /// Saves (replacing any earlier one) the inventory of `provider`, read at `refreshed_at` in
+    /// `duration_ms`. A cache, not a change: it is outside the audit chain.
+    pub async fn put_inventory(
+        &self,
+        provider: &str,
+        identities: &[Identity],
+        refreshed_at: DateTime<Utc>,
+        duration_ms: u64,
+    ) -> Result<()> {
+        let Self::Sqlite(pool) = self;
+        let json =
+            serde_json::to_string(identities).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO inventory_cache (provider, identities, refreshed_at, duration_ms)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (provider) DO UPDATE SET identities = excluded.identities,
+               refreshed_at = excluded.refreshed_at, duration_ms = excluded.duration_ms",
+        )
+        .bind(provider)
+        .bind(json)
+        .bind(ts(refreshed_at))
+        .bind(i64::try_from(duration_ms).unwrap_or(i64::MAX))
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets the saved inventory of `provider`, so the next read goes to the provider.
+    pub async fn drop_inventory(&self, provider: &str) -> Result<()> {
+        let Self::Sqlite(pool) = self;
+        sqlx::query("DELETE FROM inventory_cache WHERE provider = $1")
+            .bind(provider)
+            .execute(pool)
+            .await?;
+        Ok(())
     }
 
     async fn begin_read(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {

@@ -59,6 +59,15 @@ impl Env {
         cmd.args(args)
             .env_remove("NHI_MCP_CONFIG")
             .env_remove("NHI_MCP_DATA_DIR");
+        // AWS providers in tests talk to moto only: its dummy credentials, and never a
+        // developer's own profile or an instance role.
+        cmd.env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .env("AWS_CONFIG_FILE", "/nonexistent/nhi-mcp-test")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/nhi-mcp-test")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
         cmd
     }
 

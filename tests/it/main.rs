@@ -5,6 +5,7 @@
 mod common;
 
 mod audit;
+mod aws;
 mod bad_input;
 mod contract;
 mod crash;

@@ -169,6 +169,18 @@ async fn roles_are_listed_with_owner_privilege_and_sessions() {
             .any(|f| f["rule"] == "privileged")
     );
     client.close().await;
+
+    // `config check` says who nhi-mcp is and what that role may do.
+    let check = env.cli(&["config", "check"]);
+    let out = String::from_utf8_lossy(&check.stdout).to_string();
+    assert!(check.status.success(), "{out}");
+    assert!(
+        out.contains("connects as role \"nhi_admin\" (never changed by nhi-mcp)")
+            && out
+                .contains("has CREATEROLE: it can rotate and revoke roles that are not superusers"),
+        "{out}"
+    );
+    assert!(!out.contains("nhi-admin-pw"), "{out}");
 }
 
 #[tokio::test]
