@@ -6,7 +6,17 @@ use std::process::ExitCode;
 use clap::Parser;
 use nhi_mcp::cli::{Cli, Command};
 
-const RMCP_CAP: &str = "rmcp=info";
+/// Libraries whose debug and trace logs carry what must not be logged: rmcp logs whole requests
+/// (approval tokens); the AWS SDK and its HTTP stack log requests and responses (a new access
+/// key's secret, a Secrets Manager value). Whatever the filter says, they are capped at info.
+const LOG_CAPS: [&str; 6] = [
+    "rmcp=info",
+    "aws_smithy_runtime=info",
+    "aws_smithy_http_client=info",
+    "aws_sigv4=info",
+    "aws_config=info",
+    "hyper_util=info",
+];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -17,10 +27,11 @@ fn main() -> ExitCode {
     };
     let filter = std::env::var("NHI_MCP_LOG")
         .unwrap_or_else(|_| format!("nhi_mcp={default_level},rmcp=warn"));
-    // rmcp logs whole requests at debug, and requests carry approval tokens: whatever the
-    // filter says, rmcp is capped at info. The cap is added last, so it wins.
-    let filter = tracing_subscriber::EnvFilter::new(filter)
-        .add_directive(RMCP_CAP.parse().unwrap_or_default());
+    // The caps are added last, so they win over the filter's own directives.
+    let mut filter = tracing_subscriber::EnvFilter::new(filter);
+    for cap in LOG_CAPS {
+        filter = filter.add_directive(cap.parse().unwrap_or_default());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -343,7 +343,8 @@ async fn rotation_replaces_the_key_and_delivers_it_to_secrets_manager() {
         .await
         .expect("create secret");
 
-    let client = aws.env.stdio().await;
+    // The most verbose logs the server can write: the secret must not be in them either.
+    let client = aws.env.stdio_with_env(&[("NHI_MCP_LOG", "trace")]).await;
     let proposed = client
         .call(
             "propose_rotation",
