@@ -62,10 +62,14 @@ struct Aws {
 
 impl Aws {
     async fn new(extra: &str) -> Self {
+        Self::with_refresh("0s", extra).await
+    }
+
+    async fn with_refresh(refresh: &str, extra: &str) -> Self {
         let tag = suffix();
         let path = format!("/t{tag}/");
         let config = format!(
-            "[[providers]]\nname = \"aws\"\nkind = \"aws_iam\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\npath_prefix = \"{path}\"\nrefresh = \"0s\"\nsink = {{ kind = \"aws_secretsmanager\", prefix = \"nhi-{tag}/\" }}\n{extra}",
+            "[[providers]]\nname = \"aws\"\nkind = \"aws_iam\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\npath_prefix = \"{path}\"\nrefresh = \"{refresh}\"\nsink = {{ kind = \"aws_secretsmanager\", prefix = \"nhi-{tag}/\" }}\n{extra}",
             moto_url()
         );
         Self {
@@ -916,4 +920,57 @@ fn the_same_users_are_listed_by_nhi_mcp_and_the_aws_labs_server() {
     assert_eq!(result["same"], true, "{result}");
     assert_eq!(result["nhi_mcp"], 25, "{result}");
     assert_eq!(result["awslabs"], 25, "{result}");
+}
+
+/// A listing is served from the inventory cache until it is due or the caller asks for a live
+/// read, and every result says which it got.
+#[tokio::test]
+async fn the_inventory_is_cached_and_read_live_on_demand() {
+    let aws = Aws::with_refresh("1h", "").await;
+    aws.user("first", 1, &[]).await;
+    let client = aws.env.stdio().await;
+    let list = |refresh: bool| {
+        let client = &client;
+        async move {
+            client
+                .call(
+                    "list_identities",
+                    json!({"provider": "aws", "refresh": refresh}),
+                )
+                .await
+                .ok()
+        }
+    };
+    let names = |page: &Value| -> Vec<String> {
+        page["identities"]
+            .as_array()
+            .expect("identities")
+            .iter()
+            .map(|i| i["name"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    let first = list(false).await;
+    assert_eq!(first["freshness"][0]["source"], "live", "{first}");
+    assert_eq!(names(&first), ["first"]);
+
+    aws.user("second", 1, &[]).await;
+    let cached = list(false).await;
+    assert_eq!(cached["freshness"][0]["provider"], "aws");
+    assert_eq!(cached["freshness"][0]["source"], "cache", "{cached}");
+    assert_eq!(names(&cached), ["first"], "served from the cache");
+
+    let live = list(true).await;
+    assert_eq!(live["freshness"][0]["source"], "live");
+    assert_eq!(names(&live), ["first", "second"]);
+    assert_eq!(
+        names(&list(false).await),
+        ["first", "second"],
+        "the live read refreshed the cache"
+    );
+    let one = client
+        .call("get_identity", json!({"identity_id": "aws:user/second"}))
+        .await
+        .ok();
+    assert!(one["as_of"].is_string(), "{one}");
+    client.close().await;
 }
