@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Mutex, RwLock};
 
 use super::query::Freshness;
-use super::{Engine, Result, with_timeout};
+use super::{Engine, Result, list_with_timeout, with_timeout};
 use crate::model::{Identity, IdentityId};
 use crate::providers::Provider;
 
@@ -174,7 +174,7 @@ impl Engine {
             }
             match self.inventory.providers.get(name) {
                 None => {
-                    out.extend(with_timeout(p.list(), name).await?);
+                    out.extend(list_with_timeout(p.as_ref()).await?);
                     freshness.push(Freshness::live(name));
                 }
                 Some(cache) => {
@@ -259,7 +259,7 @@ impl Engine {
         cache: &ProviderCache,
     ) -> Result<CachedInventory> {
         let started = Instant::now();
-        let mut identities = with_timeout(provider.list(), name).await?;
+        let mut identities = list_with_timeout(provider.as_ref()).await?;
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         identities.sort_by(|a, b| a.id.cmp(&b.id));
         cache.set_error(None);

@@ -34,6 +34,8 @@ pub use workflow::{ApprovalOutcome, ApproveResult, ProposalQuery, ProposeOutcome
 
 /// How long one provider call may take before it counts as unavailable.
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The bound on reading a provider's whole inventory (see `list_with_timeout`).
+const LIST_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Errors the engine answers with. The transport decides how each is shown; none carries
 /// secret material.
@@ -454,11 +456,25 @@ async fn with_timeout<T>(
     fut: impl std::future::Future<Output = Result<T, ProviderError>>,
     provider: &str,
 ) -> Result<T> {
-    match tokio::time::timeout(PROVIDER_TIMEOUT, fut).await {
+    bounded(PROVIDER_TIMEOUT, fut, provider).await
+}
+
+/// A whole inventory read: one call per identity or more (an AWS account's users and their
+/// keys), each bounded by the provider's own timeouts, so the read as a whole gets longer.
+async fn list_with_timeout(provider: &dyn Provider) -> Result<Vec<Identity>> {
+    bounded(LIST_TIMEOUT, provider.list(), provider.name().as_str()).await
+}
+
+async fn bounded<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, ProviderError>>,
+    provider: &str,
+) -> Result<T> {
+    match tokio::time::timeout(limit, fut).await {
         Ok(r) => r.map_err(EngineError::from),
         Err(_) => Err(EngineError::Provider(ProviderError::Unavailable {
             provider: provider.to_owned(),
-            message: format!("no answer within {}s", PROVIDER_TIMEOUT.as_secs()),
+            message: format!("no answer within {}s", limit.as_secs()),
         })),
     }
 }

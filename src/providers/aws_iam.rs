@@ -45,7 +45,7 @@ pub const CONSOLE_PASSWORD: &str = "console-password";
 const ADMIN_POLICIES: [&str; 2] = ["AdministratorAccess", "IAMFullAccess"];
 
 /// Calls in flight at once while reading per-user details.
-const CONCURRENCY: usize = 8;
+const CONCURRENCY: usize = 16;
 
 /// Which tags hold an identity's owner, environment and purpose.
 #[derive(Debug, Clone, PartialEq, Eq)]
