@@ -380,3 +380,96 @@ fn postgres_config_needs_a_referenced_url() {
         "{err}"
     );
 }
+
+/// Kills the server with SIGKILL while step `step` of a password rotation is between its SQL and
+/// its recorded outcome, restarts it, and checks the rotation finished: the old password fails
+/// and the password in the sink logs in.
+async fn killed_at_step(step: u64) {
+    let role = unique(&format!("crash{step}_"));
+    make_roles(std::slice::from_ref(&role), "owner=team-data").await;
+    let env = pg_env();
+    let config = env.config.clone().expect("config");
+    let base = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("{base}[debug]\nstep_pause = \"2s\"\n")).expect("config");
+    let server = env.http_server();
+    let client = server.client().await;
+    let proposed = client
+        .call(
+            "propose_rotation",
+            json!({"identity_id": identity_id(&role), "grace_period": "0s", "reason": "crash test"}),
+        )
+        .await
+        .ok();
+    let pid = proposed["proposal"]["id"].as_str().expect("id").to_owned();
+    let token = env.approve(&pid, "alice@example.com");
+    let apply = tokio::spawn({
+        let client = server.client().await;
+        let args = json!({"proposal_id": pid, "approval_token": token});
+        async move { client.call("apply_proposal", args).await }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown = env.cli(&["proposals", "show", &pid]);
+        let p: serde_json::Value =
+            serde_json::from_slice(&shown.stdout).unwrap_or(serde_json::Value::Null);
+        let rows = p["execution"].as_array().cloned().unwrap_or_default();
+        let intent = rows
+            .iter()
+            .any(|r| r["index"] == step && r["phase"] == "intent");
+        let outcome = rows
+            .iter()
+            .any(|r| r["index"] == step && r["phase"] == "outcome");
+        if intent && !outcome {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "step {step} never started: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut server = server;
+    server.child.kill().expect("kill -9");
+    server.child.wait().expect("reap");
+    apply.abort();
+
+    std::fs::write(&config, base).expect("config without the pause");
+    let server = env.http_server();
+    let client = server.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let p = loop {
+        let p = client
+            .call("get_proposal", json!({"proposal_id": pid}))
+            .await
+            .ok();
+        if p["proposal"]["status"] == "applied" {
+            break p["proposal"].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "never applied: {p}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    client.close().await;
+    drop(server);
+    let outcome = p["outcome"].as_str().expect("outcome");
+    assert!(
+        outcome.contains(&format!("step {step}")) && outcome.contains("interrupted"),
+        "{outcome}"
+    );
+    can_login(&role, "initial")
+        .await
+        .expect_err("the old password must fail");
+    can_login(&role, &sink_secret(&env.data, &pid))
+        .await
+        .expect("the password in the sink logs in");
+}
+
+#[tokio::test]
+async fn killed_while_setting_the_password_sets_a_fresh_one_on_restart() {
+    killed_at_step(0).await;
+}
+
+#[tokio::test]
+async fn killed_while_terminating_sessions_resumes() {
+    killed_at_step(1).await;
+}
