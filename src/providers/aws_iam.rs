@@ -284,10 +284,12 @@ impl AwsIamProvider {
         Ok(details)
     }
 
-    /// A user's access keys (with their last use) and console password, if any.
-    async fn user_credentials(&self, user: &str) -> Result<Vec<Credential>, ProviderError> {
-        let keys: Vec<aws_sdk_iam::types::AccessKeyMetadata> = self
-            .iam
+    /// A user's access keys, every page.
+    async fn access_keys(
+        &self,
+        user: &str,
+    ) -> Result<Vec<aws_sdk_iam::types::AccessKeyMetadata>, ProviderError> {
+        self.iam
             .list_access_keys()
             .user_name(user)
             .into_paginator()
@@ -295,7 +297,12 @@ impl AwsIamProvider {
             .send()
             .try_collect()
             .await
-            .map_err(|e| self.sdk_err("ListAccessKeys", e))?;
+            .map_err(|e| self.sdk_err("ListAccessKeys", e))
+    }
+
+    /// A user's access keys (with their last use) and console password, if any.
+    async fn user_credentials(&self, user: &str) -> Result<Vec<Credential>, ProviderError> {
+        let keys = self.access_keys(user).await?;
         let mut out = Vec::with_capacity(keys.len() + 1);
         for key in keys {
             let Some(key_id) = key.access_key_id() else {
@@ -838,16 +845,7 @@ impl Provider for AwsIamProvider {
             .iter()
             .map(CredentialId::as_str)
             .collect();
-        let keys: Vec<aws_sdk_iam::types::AccessKeyMetadata> = self
-            .iam
-            .list_access_keys()
-            .user_name(&user)
-            .into_paginator()
-            .items()
-            .send()
-            .try_collect()
-            .await
-            .map_err(|e| self.sdk_err("ListAccessKeys", e))?;
+        let keys = self.access_keys(&user).await?;
         let mut deleted = Vec::new();
         for key in keys {
             let Some(id) = key.access_key_id() else {

@@ -638,23 +638,7 @@ async fn killed_at_step(step: u64) {
         async move { client.call("apply_proposal", args).await }
     });
     // Wait until step `step` has its intent and no outcome: its AWS call is done or under way.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let shown = aws.env.cli(&["proposals", "show", &pid]);
-        let p: Value = serde_json::from_slice(&shown.stdout).unwrap_or(Value::Null);
-        let rows = p["execution"].as_array().cloned().unwrap_or_default();
-        let intent = rows
-            .iter()
-            .any(|r| r["index"] == step && r["phase"] == "intent");
-        let outcome = rows
-            .iter()
-            .any(|r| r["index"] == step && r["phase"] == "outcome");
-        if intent && !outcome {
-            break;
-        }
-        assert!(Instant::now() < deadline, "step {step} never started: {p}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_step_in_flight(&aws.env, &pid, step).await;
     // Inside the pause after the AWS call.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let mut server = server;
@@ -668,18 +652,7 @@ async fn killed_at_step(step: u64) {
     std::fs::write(config, text.replace("step_pause = \"2s\"", "")).expect("rewrite");
     let server = aws.env.http_server();
     let client = server.client().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let p = loop {
-        let p = client
-            .call("get_proposal", json!({"proposal_id": pid}))
-            .await
-            .ok();
-        if p["proposal"]["status"] == "applied" {
-            break p["proposal"].clone();
-        }
-        assert!(Instant::now() < deadline, "never applied: {p}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let p = wait_for_status(&client, &pid, "applied").await;
     client.close().await;
     drop(server);
     let outcome = p["outcome"].as_str().expect("outcome");

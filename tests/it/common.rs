@@ -470,3 +470,45 @@ pub async fn post(url: &str, token: Option<&str>, body: &Value) -> reqwest::Resp
     }
     request.send().await.expect("post")
 }
+
+/// Polls `get_proposal` until the proposal reaches `status` (30 s at most); returns it.
+pub async fn wait_for_status(client: &Client, id: &str, status: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = client
+            .call("get_proposal", json!({"proposal_id": id}))
+            .await
+            .ok();
+        if p["proposal"]["status"] == status {
+            return p["proposal"].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached {status}: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Waits (30 s at most, through the CLI) until step `step` of proposal `id` has its intent
+/// recorded and no outcome: its external call is done or under way.
+pub async fn wait_for_step_in_flight(env: &Env, id: &str, step: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown = env.cli(&["proposals", "show", id]);
+        let p: Value = serde_json::from_slice(&shown.stdout).unwrap_or(Value::Null);
+        let rows = p["execution"].as_array().cloned().unwrap_or_default();
+        let phase = |phase: &str| {
+            rows.iter()
+                .any(|r| r["index"] == step && r["phase"] == phase)
+        };
+        if phase("intent") && !phase("outcome") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "step {step} never started: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

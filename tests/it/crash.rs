@@ -1,28 +1,13 @@
 //! Kill -9 in the middle of an apply, restart, and the proposal is recovered with no credential
 //! lost or left behind.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::common::*;
 
 const PAUSED: &str = "[debug]\nstep_pause = \"3s\"\n";
-
-async fn wait_for_status(client: &Client, id: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let p = client
-            .call("get_proposal", json!({"proposal_id": id}))
-            .await
-            .ok();
-        if p["proposal"]["status"] == status {
-            return p["proposal"].clone();
-        }
-        assert!(Instant::now() < deadline, "never reached {status}: {p}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
 
 /// Starts an apply over HTTP, kills the server `after` into it, restarts without the pause and
 /// returns the recovered proposal, the identity after, and the old credential id.

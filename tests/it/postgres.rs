@@ -407,27 +407,7 @@ async fn killed_at_step(step: u64) {
         let args = json!({"proposal_id": pid, "approval_token": token});
         async move { client.call("apply_proposal", args).await }
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let shown = env.cli(&["proposals", "show", &pid]);
-        let p: serde_json::Value =
-            serde_json::from_slice(&shown.stdout).unwrap_or(serde_json::Value::Null);
-        let rows = p["execution"].as_array().cloned().unwrap_or_default();
-        let intent = rows
-            .iter()
-            .any(|r| r["index"] == step && r["phase"] == "intent");
-        let outcome = rows
-            .iter()
-            .any(|r| r["index"] == step && r["phase"] == "outcome");
-        if intent && !outcome {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "step {step} never started: {p}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_step_in_flight(&env, &pid, step).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let mut server = server;
     server.child.kill().expect("kill -9");
@@ -437,18 +417,7 @@ async fn killed_at_step(step: u64) {
     std::fs::write(&config, base).expect("config without the pause");
     let server = env.http_server();
     let client = server.client().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let p = loop {
-        let p = client
-            .call("get_proposal", json!({"proposal_id": pid}))
-            .await
-            .ok();
-        if p["proposal"]["status"] == "applied" {
-            break p["proposal"].clone();
-        }
-        assert!(std::time::Instant::now() < deadline, "never applied: {p}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let p = wait_for_status(&client, &pid, "applied").await;
     client.close().await;
     drop(server);
     let outcome = p["outcome"].as_str().expect("outcome");
