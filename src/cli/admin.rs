@@ -176,7 +176,7 @@ async fn dispatch(engine: &Engine, config: &Config, command: Command) -> anyhow:
             let records = engine.store().audit_records().await?;
             let mut sink: Box<dyn Write> = match &output {
                 Some(path) => Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(path)
+                    private_file(path)
                         .with_context(|| format!("cannot create {}", path.display()))?,
                 )),
                 None => Box::new(out),
@@ -293,4 +293,19 @@ async fn check(engine: &Engine, config: &Config, out: &mut impl Write) -> anyhow
         bail!("provider(s) not usable: {}", failing.join(", "));
     }
     Ok(())
+}
+
+/// Creates (or truncates) a file readable by its owner only, whatever the umask: exports carry
+/// who did what.
+fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An existing file keeps its mode on open: tighten it too.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
 }

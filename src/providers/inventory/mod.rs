@@ -213,7 +213,16 @@ fn persist(path: &Path, overlay: &Overlay) -> std::io::Result<()> {
     let text = serde_json::to_string_pretty(overlay).map_err(std::io::Error::other)?;
     {
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Owner-only whatever the umask: the overlay says which credentials exist. A leftover
+        // temporary file of an older version would keep its mode, so it goes first.
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
     }
