@@ -170,10 +170,10 @@ pub enum ProviderKind {
     Inventory {
         source: InventorySource,
     },
-    /// A PostgreSQL cluster's login roles; the admin URL (with its password) was read from the
-    /// environment variable or file that config named.
+    /// A PostgreSQL cluster's login roles; the admin URL (with its password) is read from the
+    /// environment variable or file that config named when the provider is built.
     Postgres {
-        url: crate::model::Secret,
+        url: PostgresUrl,
     },
     /// One AWS account's IAM users and roles, with credentials from the SDK's standard chain.
     AwsIam {
@@ -182,6 +182,50 @@ pub enum ProviderKind {
         /// Only users and roles whose IAM path starts with this (default `/`: all).
         path_prefix: Option<String>,
     },
+}
+
+/// Where a `postgres` provider's admin URL is read from. Resolved only by [`PostgresUrl::read`],
+/// when a command builds the provider, so an approver's shell needs no database password.
+#[derive(Debug, Clone)]
+pub struct PostgresUrl {
+    /// The provider's place in the config, for errors.
+    at: String,
+    from: UrlFrom,
+}
+
+#[derive(Debug, Clone)]
+enum UrlFrom {
+    Env(String),
+    File(PathBuf),
+}
+
+impl PostgresUrl {
+    /// Reads the URL from the environment variable or file; the error never shows the value.
+    pub fn read(&self) -> Result<crate::model::Secret, ConfigError> {
+        let at = &self.at;
+        let url = match &self.from {
+            UrlFrom::Env(var) => std::env::var(var).map_err(|_| {
+                invalid(format!(
+                    "{at}: environment variable `{var}` (from `url_env`) is not set"
+                ))
+            })?,
+            UrlFrom::File(file) => std::fs::read_to_string(file)
+                .map_err(|e| {
+                    invalid(format!(
+                        "{at}: cannot read `url_file` {}: {e}",
+                        file.display()
+                    ))
+                })?
+                .trim()
+                .to_owned(),
+        };
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(invalid(format!(
+                "{at}: the database URL must start with `postgres://` (the value is not shown)"
+            )));
+        }
+        Ok(crate::model::Secret::new(url))
+    }
 }
 
 /// Where a provider's new secrets go.
@@ -564,37 +608,22 @@ fn validate(
                         )));
                     }
                 }
-                let url = match (p.url_env, p.url_file) {
-                    (Some(var), None) => std::env::var(&var).map_err(|_| {
-                        invalid(format!(
-                            "{at}: environment variable `{var}` (from `url_env`) is not set"
-                        ))
-                    })?,
-                    (None, Some(file)) => {
-                        let file = resolve(file);
-                        std::fs::read_to_string(&file)
-                            .map_err(|e| {
-                                invalid(format!(
-                                    "{at}: cannot read `url_file` {}: {e}",
-                                    file.display()
-                                ))
-                            })?
-                            .trim()
-                            .to_owned()
-                    }
+                let from = match (p.url_env, p.url_file) {
+                    (Some(var), None) => UrlFrom::Env(var),
+                    (None, Some(file)) => UrlFrom::File(resolve(file)),
                     _ => {
                         return Err(invalid(format!(
                             "{at}: kind `postgres` needs exactly one of `url_env` or `url_file` (the URL holds a password, so it is never written inline)"
                         )));
                     }
                 };
-                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                    return Err(invalid(format!(
-                        "{at}: the database URL must start with `postgres://` (the value is not shown)"
-                    )));
-                }
+                // Read when the provider is built, not here: commands that never call a
+                // provider (approvals, proposals, the audit log) work without its secret.
                 ProviderKind::Postgres {
-                    url: crate::model::Secret::new(url),
+                    url: PostgresUrl {
+                        at: at.clone(),
+                        from,
+                    },
                 }
             }
             "aws_iam" => {

@@ -2,6 +2,7 @@
 //! in `main`; everything else is the engine's.
 
 mod admin;
+pub mod output;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,7 +41,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve MCP over stdio (default) or Streamable HTTP at /mcp.
     Serve {
-        /// Serve HTTP on ADDR (default: `http.listen` from config, else 127.0.0.1:8080).
+        /// Serve HTTP on ADDR, an address or `localhost:PORT` (default: `http.listen` from
+        /// config, else 127.0.0.1:8080); without `[auth]`, loopback only.
         #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "")]
         http: Option<String>,
     },
@@ -48,6 +50,11 @@ pub enum Command {
     Identities {
         #[command(subcommand)]
         command: IdentitiesCommand,
+    },
+    /// Posture findings (OWASP NHI Top 10), for humans.
+    Findings {
+        #[command(subcommand)]
+        command: FindingsCommand,
     },
     /// Proposals, for humans.
     Proposals {
@@ -57,15 +64,20 @@ pub enum Command {
     /// Approve a proposal; prints the approval token, alone, on stdout once the last required
     /// approval is in.
     Approve {
+        /// The proposal to approve (`prop_…`).
         proposal_id: String,
+        /// Who is approving (recorded in the audit log and the token).
         #[arg(long)]
         approver: String,
     },
     /// Reject a proposal.
     Reject {
+        /// The proposal to reject (`prop_…`).
         proposal_id: String,
+        /// Who is rejecting (recorded in the audit log).
         #[arg(long)]
         approver: String,
+        /// Why, for the requester and the audit log.
         #[arg(long)]
         reason: String,
     },
@@ -84,33 +96,95 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Print a shell completion script to stdout (e.g. `nhi-mcp completions bash >
+    /// /etc/bash_completion.d/nhi-mcp`).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum IdentitiesCommand {
     /// A table of identities.
     List {
+        /// Only this provider's identities.
         #[arg(long)]
         provider: Option<String>,
+        /// Only this kind: service_user, role, database_role, deploy_key, app,
+        /// service_account, api_token.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only identities with exactly this owner.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Only identities in exactly this environment.
+        #[arg(long)]
+        environment: Option<String>,
+        /// Case-insensitive substring of id, name, purpose or owner.
+        #[arg(long)]
+        text: Option<String>,
         /// An OWASP id (`NHI7`) or a rule (`unused`, `privileged`, ...).
         #[arg(long)]
         finding: Option<String>,
         /// Read the providers live instead of their cached inventory.
         #[arg(long)]
         refresh: bool,
+        /// Print JSON lines, one identity per line, instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One identity in full: credentials, permissions, findings, open proposals (read live).
+    Show {
+        /// The identity (`provider:native-id`, as `identities list` shows it).
+        identity_id: String,
+        /// Print the whole answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FindingsCommand {
+    /// A table of findings, most severe first.
+    List {
+        /// Only this identity's findings.
+        #[arg(long, value_name = "IDENTITY_ID")]
+        identity: Option<String>,
+        /// Only this provider's findings.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Only findings at least this severe: low, medium, high, critical.
+        #[arg(long)]
+        severity: Option<String>,
+        /// An OWASP id (`NHI7`) or a rule (`unused`, `privileged`, ...).
+        #[arg(long)]
+        finding: Option<String>,
+        /// Read the providers live instead of their cached inventory.
+        #[arg(long)]
+        refresh: bool,
+        /// Print JSON lines, one finding per line, instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ProposalsCommand {
-    /// A table of proposals.
+    /// A table of proposals, with their approvals, age and reason.
     List {
         /// pending_approval, approved, applying, applied, failed, rejected, expired, cancelled.
         #[arg(long)]
         status: Option<String>,
+        /// Print JSON lines, one whole proposal per line, instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// One proposal as JSON.
-    Show { proposal_id: String },
+    Show {
+        /// The proposal (`prop_…`).
+        proposal_id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +193,7 @@ pub enum AuditCommand {
     Verify,
     /// Write the audit log as JSON lines (to stdout, or FILE).
     Export {
+        /// Write to FILE instead of stdout.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
@@ -127,7 +202,10 @@ pub enum AuditCommand {
 #[derive(Debug, Subcommand)]
 pub enum ToolsCommand {
     /// Write one JSON file per tool into DIR.
-    Export { dir: PathBuf },
+    Export {
+        /// The folder to write into (`tools/` in this repository).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +229,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if let Command::Completions { shell } = &cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(*shell, &mut command, "nhi-mcp", &mut std::io::stdout());
+        return Ok(());
+    }
     let overrides = Overrides {
         config_file: cli.config.clone(),
         data_dir: cli.data_dir.clone(),
@@ -166,9 +249,7 @@ async fn serve(config: Config, http: Option<String>) -> anyhow::Result<()> {
     let addr = match http.as_deref() {
         None => None,
         Some("") => Some(config.http.listen),
-        Some(raw) => Some(raw.parse().map_err(|_| {
-            anyhow::anyhow!("`--http` = `{raw}` is not an address like 127.0.0.1:8080")
-        })?),
+        Some(raw) => Some(listen_address(raw)?),
     };
     if let Some(addr) = addr {
         crate::http::check_listen_address(addr, config.http.auth.is_some())?;
@@ -242,6 +323,36 @@ async fn serve(config: Config, http: Option<String>) -> anyhow::Result<()> {
     result
 }
 
+/// `--http ADDR`: an IP address and port, or `localhost:PORT`, which is always the IPv4
+/// loopback address (RFC 6761: never looked up, so a hosts file cannot point it elsewhere).
+/// Other names are looked up; the address they resolve to must pass the loopback check like
+/// any other.
+fn listen_address(raw: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = raw.parse() {
+        return Ok(addr);
+    }
+    let bad = || {
+        anyhow::anyhow!(
+            "`--http` = {} is not an address like 127.0.0.1:8080 or localhost:8080",
+            crate::model::quote_input(raw)
+        )
+    };
+    let (host, port) = raw.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok((std::net::Ipv4Addr::LOCALHOST, port).into());
+    }
+    if host.is_empty() {
+        return Err(bad());
+    }
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|_| bad())?
+        .next()
+        .ok_or_else(bad)
+}
+
 /// One `serve` per data dir: two would overwrite each other's inventory state, and each would
 /// take the other's running apply for an interrupted one. The lock goes with the process.
 fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
@@ -298,4 +409,74 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every subcommand, flag and argument says what it is for in `--help` (issue #8).
+    #[test]
+    fn every_command_flag_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(sub_path.clone());
+                }
+                walk(sub, &sub_path, missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cmd, "nhi-mcp", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+        // The walk sees what it should: a flag deep in the tree, and the built-in help.
+        let mut all = Vec::new();
+        fn names(cmd: &clap::Command, out: &mut Vec<String>) {
+            out.extend(cmd.get_arguments().map(|a| a.get_id().to_string()));
+            for sub in cmd.get_subcommands() {
+                out.push(sub.get_name().to_owned());
+                names(sub, out);
+            }
+        }
+        names(&cmd, &mut all);
+        for want in [
+            "approver",
+            "severity",
+            "json",
+            "help",
+            "completions",
+            "show",
+        ] {
+            assert!(all.iter().any(|n| n == want), "walk missed `{want}`");
+        }
+    }
+
+    #[test]
+    fn http_listen_addresses() {
+        for (raw, want) in [
+            ("127.0.0.1:8080", Some("127.0.0.1:8080")),
+            ("[::1]:9", Some("[::1]:9")),
+            ("localhost:8080", Some("127.0.0.1:8080")),
+            ("LocalHost:0", Some("127.0.0.1:0")),
+            ("localhost", None),
+            ("localhost:", None),
+            ("localhost:99999", None),
+            (":8080", None),
+            ("localhost:80€", None),
+        ] {
+            let got = listen_address(raw).ok().map(|a| a.to_string());
+            assert_eq!(got.as_deref(), want, "{raw}");
+        }
+    }
 }

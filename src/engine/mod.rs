@@ -213,15 +213,7 @@ pub struct Engine {
 impl Engine {
     /// Opens the store, the approval key and every configured provider.
     pub async fn open(config: &Config) -> anyhow::Result<Self> {
-        create_private_dir(&config.data_dir)?;
-        let store = Store::open(&config.database).await?;
-        let approval = ApprovalKey::load_or_create(
-            &config.approval.key_file,
-            &config.approval.issuer,
-            config.approval.token_ttl,
-        )?;
-        let mut providers: BTreeMap<String, Arc<dyn Provider>> = BTreeMap::new();
-        let mut sinks: BTreeMap<String, Arc<dyn SecretSink>> = BTreeMap::new();
+        let mut engine = Self::open_without_providers(config).await?;
         let file_sink: Arc<dyn SecretSink> = Arc::new(FileSink::new(&config.data_dir));
         for p in &config.providers {
             let provider: Arc<dyn Provider> = match &p.kind {
@@ -233,7 +225,7 @@ impl Engine {
                 ProviderKind::Postgres { url } => {
                     Arc::new(crate::providers::postgres::PostgresProvider::connect_lazy(
                         p.name.clone(),
-                        url,
+                        &url.read()?,
                     )?)
                 }
                 ProviderKind::AwsIam {
@@ -257,9 +249,23 @@ impl Engine {
                     Arc::new(SecretsManagerSink::new(&sdk, prefix.clone()))
                 }
             };
-            providers.insert(p.name.to_string(), provider);
-            sinks.insert(p.name.to_string(), sink);
+            engine.providers.insert(p.name.to_string(), provider);
+            engine.sinks.insert(p.name.to_string(), sink);
         }
+        Ok(engine)
+    }
+
+    /// Opens the store, the approval key and the policy, and no provider: for the commands that
+    /// decide on proposals and read the audit log, so an approver needs no provider's
+    /// credentials. Calls that reach a provider answer as for an unknown identity.
+    pub async fn open_without_providers(config: &Config) -> anyhow::Result<Self> {
+        create_private_dir(&config.data_dir)?;
+        let store = Store::open(&config.database).await?;
+        let approval = ApprovalKey::load_or_create(
+            &config.approval.key_file,
+            &config.approval.issuer,
+            config.approval.token_ttl,
+        )?;
         let policy = Policy::load(&config.policy_files)?;
         let inventory = inventory::InventoryCache::new(
             config
@@ -272,8 +278,8 @@ impl Engine {
             policy,
             max_proposals_per_hour: config.max_proposals_per_hour,
             store,
-            providers,
-            sinks,
+            providers: BTreeMap::new(),
+            sinks: BTreeMap::new(),
             approval,
             thresholds: config.thresholds,
             proposal_ttl: config.approval.proposal_ttl,

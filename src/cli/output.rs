@@ -1,0 +1,142 @@
+//! What the CLI prints from data goes through here: identity owners, names and purposes,
+//! principals, reasons and error messages can hold terminal escape sequences, line breaks or
+//! bidirectional overrides, and a table must not let them move the cursor, recolour the
+//! terminal, forge a line or reorder what the admin reads.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+/// Characters a terminal acts on or that change how the rest of a line reads: C0 and C1
+/// controls (ESC, CR, LF, BEL...), DEL, the Unicode line and paragraph separators, the
+/// bidirectional marks, embeddings, overrides and isolates, and invisible characters that make
+/// a name look like another.
+fn is_unsafe(c: char) -> bool {
+    // `is_control` is the Unicode `Cc` category: U+0000..=U+001F and U+007F..=U+009F.
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}'
+                | '\u{2029}'
+                | '\u{061c}'
+                | '\u{200b}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2060}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{feff}'
+        )
+}
+
+/// `text` with every unsafe character replaced by a visible escape: `\n`, `\r`, `\t`, `\x1b`
+/// for the other ASCII controls and DEL, `\u{202e}` for the rest. Text without one comes back
+/// unchanged and unallocated.
+pub fn term(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_unsafe) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_ascii() && is_unsafe(c) => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c if is_unsafe(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `term` of an optional field, `-` when absent.
+pub fn term_or_dash(text: Option<&str>) -> Cow<'_, str> {
+    text.map_or(Cow::Borrowed("-"), term)
+}
+
+/// `text` escaped, then cut to `max` characters (with `…`), for a table column.
+pub fn term_cut(text: &str, max: usize) -> String {
+    let escaped = term(text);
+    if escaped.chars().count() <= max {
+        return escaped.into_owned();
+    }
+    let mut cut: String = escaped.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// Serialised JSON made safe for a terminal. serde_json escapes C0 controls but writes DEL, C1
+/// controls, U+2028/U+2029 and the bidirectional characters raw; these become `\uXXXX` escapes,
+/// which keeps the JSON valid and equal in value (they can only occur inside strings, and all
+/// are in the Basic Multilingual Plane).
+pub fn json(value: &impl serde::Serialize, pretty: bool) -> serde_json::Result<String> {
+    let text = if pretty {
+        serde_json::to_string_pretty(value)?
+    } else {
+        serde_json::to_string(value)?
+    };
+    // serde_json writes no raw control character inside a string: a raw LF is the layout of
+    // pretty output, and stays.
+    let unsafe_here = |c: char| c != '\n' && is_unsafe(c);
+    if !text.chars().any(unsafe_here) {
+        return Ok(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_here(c) {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_unsafe_character_becomes_a_visible_escape() {
+        for (input, want) in [
+            ("plain owner", "plain owner"),
+            ("\u{1b}[31mred", "\\x1b[31mred"),
+            ("a\r\nb\tc", "a\\r\\nb\\tc"),
+            ("del\u{7f}", "del\\x7f"),
+            ("c1\u{9b}2J", "c1\\u{9b}2J"),
+            ("\u{202e}gnp.exe", "\\u{202e}gnp.exe"),
+            ("line\u{2028}sep\u{2029}", "line\\u{2028}sep\\u{2029}"),
+            ("alice\u{200b}", "alice\\u{200b}"),
+            ("\u{2066}iso\u{2069}", "\\u{2066}iso\\u{2069}"),
+            ("bell\u{7}", "bell\\x07"),
+            ("nul\0", "nul\\x00"),
+            // Multi-byte text that is not a control stays as it is.
+            ("ünïcødé €5 аlice 日本", "ünïcødé €5 аlice 日本"),
+        ] {
+            assert_eq!(term(input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn cut_counts_characters_not_bytes() {
+        assert_eq!(term_cut("€€€€€", 3), "€€…");
+        assert_eq!(term_cut("€€€", 3), "€€€");
+        assert_eq!(term_cut("\u{1b}x", 3), "\\x…");
+    }
+
+    #[test]
+    fn json_stays_valid_and_equal() {
+        let value = serde_json::json!({"owner": "\u{1b}]0;x\u{7}\u{7f}\u{85}\u{202e}\u{2028}ok"});
+        for pretty in [false, true] {
+            let text = json(&value, pretty).expect("json");
+            assert!(!text.chars().any(|c| c != '\n' && is_unsafe(c)), "{text:?}");
+            assert_eq!(text.lines().count() > 1, pretty, "{text:?}");
+            let back: serde_json::Value = serde_json::from_str(&text).expect("valid json");
+            assert_eq!(back, value);
+        }
+    }
+}
