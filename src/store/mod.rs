@@ -310,19 +310,6 @@ impl Tx {
             .collect()
     }
 
-    /// How many outcome rows of step `index` of `id` record a failure.
-    pub async fn failed_attempts(&mut self, id: &ProposalId, index: u32) -> Result<usize> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM execution_steps
-             WHERE proposal_id = $1 AND step_index = $2 AND phase = 'outcome' AND status = 'failed'",
-        )
-        .bind(id.as_str())
-        .bind(i64::from(index))
-        .fetch_one(&mut *self.inner)
-        .await?;
-        Ok(usize::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0))
-    }
-
     /// The open proposal for the same change, if there is one.
     pub async fn open_proposal_for(&mut self, body: &ProposalBody) -> Result<Option<Proposal>> {
         let row = sqlx::query(
@@ -671,4 +658,22 @@ fn create_private_file(path: &std::path::Path) -> Result<()> {
         .open(path)
         .map(|_| ())
         .map_err(|e| StoreError::Corrupt(format!("cannot create {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_text_is_cut_on_a_character_boundary() {
+        assert_eq!(clip("short"), "short");
+        let exact = "€".repeat(MAX_STORED_TEXT);
+        assert_eq!(clip(&exact), exact);
+        let long = "€".repeat(MAX_STORED_TEXT + 1);
+        let cut = clip(&long);
+        assert!(cut.starts_with(&exact));
+        assert!(cut.ends_with("… (2001 characters in all, cut)"), "{cut}");
+        let huge = "x".repeat(1 << 20);
+        assert!(clip(&huge).chars().count() < MAX_STORED_TEXT + 64);
+    }
 }
