@@ -664,6 +664,38 @@ fn create_private_file(path: &std::path::Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Two appends that read the same head (a backend that does not serialise writers) cannot
+    /// both commit: the second fails on `seq`, and one that would follow an older head fails on
+    /// the unique `prev_hash`, so the chain cannot fork.
+    #[tokio::test]
+    async fn an_append_after_a_head_that_already_has_a_successor_fails() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(&DatabaseConfig::Sqlite(dir.path().join("nhi.db")))
+            .await
+            .expect("store");
+        let entry = || AuditEntry::new("alice", "test", &serde_json::json!({}), Decision::Allow);
+        let mut tx = store.begin().await.expect("begin");
+        tx.append_audit(entry()).await.expect("first");
+        let second = tx.append_audit(entry()).await.expect("second");
+        tx.commit().await.expect("commit");
+        let Store::Sqlite(pool) = &store;
+        let fork = |seq: i64| {
+            sqlx::query(
+                "INSERT INTO audit_log (seq, at, principal, action, arguments, arguments_digest,
+                   decision, policy_ids, prev_hash, hash)
+                 VALUES ($1, '2026-01-01T00:00:00.000Z', 'mallory', 'test', '{}', '', 'allow', '[]', $2, 'x')",
+            )
+            .bind(seq)
+            .bind(second.prev_hash.clone())
+            .execute(pool)
+        };
+        assert!(fork(2).await.is_err(), "same seq as the head");
+        assert!(fork(3).await.is_err(), "a second successor of record 1");
+        let records = store.audit_records().await.expect("records");
+        assert_eq!(records.len(), 2);
+        assert!(crate::audit::verify(&records).is_ok());
+    }
+
     #[test]
     fn stored_text_is_cut_on_a_character_boundary() {
         assert_eq!(clip("short"), "short");
