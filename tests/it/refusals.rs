@@ -499,6 +499,25 @@ async fn an_approval_token_works_only_for_its_requester() {
                 .await
                 .ok();
             assert_eq!(p["proposal"]["status"], "approved", "unchanged: {p}");
+            // The admin API withdraws an approval too; the requester's token is then refused.
+            let withdrawn = reqwest::Client::new()
+                .post(format!("{}/admin/v1/proposals/{rid}/reject", server.base()))
+                .bearer_auth(&admin)
+                .json(&json!({"reason": "withdrawn over the admin API"}))
+                .send()
+                .await
+                .expect("reject");
+            assert_eq!(withdrawn.status(), 200);
+            let body: Value = withdrawn.json().await.expect("json");
+            assert_eq!(body["status"], "rejected", "{body}");
+            let msg = agent
+                .call(
+                    "revoke_identity",
+                    json!({"identity_id": identity, "approval_token": rtoken}),
+                )
+                .await
+                .tool_error();
+            assert!(msg.contains("withdrawn"), "{msg}");
         }
         agent.close().await;
         applier.close().await;
