@@ -25,6 +25,9 @@ pub enum PolicyAction {
     ProposeRotation,
     ProposeRevocation,
     Apply,
+    /// Apply a proposal another principal requested (its approval token names that requester).
+    /// The default policy grants it to nobody: a token is worth something only to its requester.
+    ApplyForOthers,
     Approve,
 }
 
@@ -35,6 +38,7 @@ impl PolicyAction {
             Self::ProposeRotation => "propose_rotation",
             Self::ProposeRevocation => "propose_revocation",
             Self::Apply => "apply",
+            Self::ApplyForOthers => "apply_for_others",
             Self::Approve => "approve",
         }
     }

@@ -4,11 +4,14 @@
 //! committed transaction with its audit record. A crash therefore leaves an intent without an
 //! outcome, which `recover` finds on the next start: it undoes that step if it can have left
 //! half-made state (a created credential whose secret never reached the sink) and resumes.
+//!
+//! No provider or sink call is made inside a database transaction: each runs between them,
+//! bounded by a timeout, so a provider that stalls holds no lock on the store.
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::{ApprovedPlan, Engine, EngineError, Result, with_timeout};
+use super::{ApprovedPlan, Engine, EngineError, Result, bounded, with_timeout};
 use crate::audit::{AuditEntry, Decision};
 use crate::model::proposal::{StepPhase, StepRecord, StepStatus};
 use crate::model::{PlanStep, Proposal, ProposalId, ProposalStatus, StepAction};
@@ -17,6 +20,11 @@ use crate::providers::{ProviderError, StepResult};
 /// Attempts of one step against an unavailable provider before the proposal fails.
 const MAX_ATTEMPTS: usize = 5;
 const RETRY_AFTER: chrono::Duration = chrono::Duration::seconds(30);
+/// How long undoing a failed step may take before it counts as failed (remove by hand).
+#[cfg(not(test))]
+const ROLLBACK_TIMEOUT: std::time::Duration = super::PROVIDER_TIMEOUT;
+#[cfg(test)]
+const ROLLBACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The principal execution records are written as.
 const SYSTEM: &str = "nhi-mcp";
@@ -256,9 +264,24 @@ impl Engine {
             err,
             EngineError::Provider(ProviderError::Unavailable { .. })
         );
+        let retry = transient && attempts < MAX_ATTEMPTS;
+        // The rollback is a provider call: made before any transaction is begun, and bounded, so
+        // a provider that stalls holds no database lock and every other call goes on.
+        let rolled_back = if !retry && is_create(step) {
+            Some(
+                bounded(
+                    ROLLBACK_TIMEOUT,
+                    provider.rollback_step(plan, step),
+                    provider.name().as_str(),
+                )
+                .await,
+            )
+        } else {
+            None
+        };
         let result = async {
             let mut tx = self.store.begin().await?;
-            if transient && attempts < MAX_ATTEMPTS {
+            if retry {
                 let retry_at = Utc::now() + RETRY_AFTER * i32::try_from(attempts).unwrap_or(1);
                 let detail = format!(
                     "attempt {attempts} failed: {err}; retrying at {}",
@@ -275,13 +298,12 @@ impl Engine {
                     .await?;
             } else {
                 let mut detail = format!("step {} failed: {err}", step.index);
-                if is_create(step) {
-                    match provider.rollback_step(plan, step).await {
-                        Ok(d) => detail.push_str(&format!("; rolled back: {d}")),
-                        Err(e) => detail.push_str(&format!(
-                            "; the half-made credential could not be removed ({e}): remove it by hand"
-                        )),
-                    }
+                match &rolled_back {
+                    Some(Ok(d)) => detail.push_str(&format!("; rolled back: {d}")),
+                    Some(Err(e)) => detail.push_str(&format!(
+                        "; the half-made credential could not be removed ({e}): remove it by hand"
+                    )),
+                    None => {}
                 }
                 tx.record_step(
                     id,
@@ -306,7 +328,7 @@ impl Engine {
         if let Err(e) = result {
             tracing::error!(error = %e, proposal = %id, "cannot record a failed step");
         }
-        if !(transient && attempts < MAX_ATTEMPTS) {
+        if !retry {
             // The proposal failed: steps before this one (or a rollback) may have changed the
             // identity. A step to be retried refreshes it when the proposal gets to an end.
             self.refresh_cached_identity(plan.identity_id()).await;
@@ -449,4 +471,202 @@ fn grace_due(p: &Proposal, plan: &ApprovedPlan) -> DateTime<Utc> {
         .find(|r| r.phase == StepPhase::Outcome && r.status == StepStatus::Succeeded)
         .map_or_else(Utc::now, |r| r.at);
     started + chrono::Duration::from_std(plan.grace()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::authz::{Principal, Scope};
+    use crate::config::{Config, Overrides};
+    use crate::engine::Caller;
+    use crate::model::{Credential, Identity, IdentityId, ProviderName};
+    use crate::providers::Provider;
+
+    /// The demo inventory, except that creating a credential is refused and undoing it never
+    /// answers: a provider that stalls during rollback.
+    struct StallsInRollback {
+        inner: Arc<dyn Provider>,
+        rolling_back: Arc<tokio::sync::Notify>,
+    }
+
+    #[async_trait]
+    impl Provider for StallsInRollback {
+        fn name(&self) -> &ProviderName {
+            self.inner.name()
+        }
+
+        fn kind(&self) -> &'static str {
+            self.inner.kind()
+        }
+
+        async fn list(&self) -> Result<Vec<Identity>, ProviderError> {
+            self.inner.list().await
+        }
+
+        async fn get(&self, id: &IdentityId) -> Result<Option<Identity>, ProviderError> {
+            self.inner.get(id).await
+        }
+
+        fn plan_rotation(
+            &self,
+            identity: &Identity,
+            credential: &Credential,
+            grace: std::time::Duration,
+        ) -> Result<Vec<PlanStep>, ProviderError> {
+            self.inner.plan_rotation(identity, credential, grace)
+        }
+
+        fn plan_revocation(
+            &self,
+            identity: &Identity,
+        ) -> Result<(Vec<PlanStep>, crate::model::proposal::BlastRadius), ProviderError> {
+            self.inner.plan_revocation(identity)
+        }
+
+        async fn apply_step(
+            &self,
+            _plan: &ApprovedPlan,
+            _step: &PlanStep,
+        ) -> Result<StepResult, ProviderError> {
+            Err(ProviderError::Refused {
+                provider: self.name().to_string(),
+                message: "the backend refused the new credential".to_owned(),
+            })
+        }
+
+        async fn rollback_step(
+            &self,
+            _plan: &ApprovedPlan,
+            _step: &PlanStep,
+        ) -> Result<String, ProviderError> {
+            self.rolling_back.notify_one();
+            std::future::pending().await
+        }
+    }
+
+    fn agent(tool: &str) -> Caller {
+        let agent = Principal::new("agent:local", [Scope::Read, Scope::Propose, Scope::Apply]);
+        Caller::new(&agent, tool, serde_json::Value::Null)
+    }
+
+    fn admin() -> Principal {
+        Principal::new("alice", [Scope::Approve])
+    }
+
+    /// Issue #8: `step_failed` called `rollback_step` inside an open write transaction with no
+    /// timeout, so a stalled provider held SQLite's write lock and every audited call failed with
+    /// "database is locked". Now reads, writes and admin decisions answer while it stalls, and
+    /// the rollback gives up after its timeout.
+    #[tokio::test]
+    async fn a_provider_that_stalls_during_rollback_holds_no_database_lock() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("inv.toml");
+        std::fs::write(&file, crate::config::DEMO_INVENTORIES[0].1).expect("write");
+        let toml = format!(
+            "[[providers]]\nname = \"inv\"\nkind = \"inventory\"\npath = \"{}\"\n",
+            file.display()
+        );
+        let overrides = Overrides {
+            config_file: None,
+            data_dir: Some(dir.path().join("data")),
+        };
+        let config = Config::from_toml(&toml, None, &overrides).expect("config");
+        let mut engine = Engine::open(&config).await.expect("engine");
+        let rolling_back = Arc::new(tokio::sync::Notify::new());
+        let inner = engine.providers["inv"].clone();
+        engine.providers.insert(
+            "inv".to_owned(),
+            Arc::new(StallsInRollback {
+                inner,
+                rolling_back: rolling_back.clone(),
+            }),
+        );
+        let engine = Arc::new(engine);
+
+        let target = IdentityId::parse("inv:user/sftp-partner-acmebank").expect("id");
+        let proposed = engine
+            .propose_rotation(
+                &agent("propose_rotation"),
+                &target,
+                None,
+                Some("0s"),
+                "stall test",
+            )
+            .await
+            .expect("propose");
+        let id = proposed.proposal.body.id.clone();
+        let token = engine
+            .approve(&admin(), &id)
+            .await
+            .expect("approve")
+            .token
+            .expect("token");
+        let apply = tokio::spawn({
+            let engine = engine.clone();
+            let id = id.clone();
+            async move {
+                engine
+                    .apply_proposal(&agent("apply_proposal"), &id, &token)
+                    .await
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(20), rolling_back.notified())
+            .await
+            .expect("the failed create step is rolled back");
+
+        // The provider stalls: an audited read, an audited write and an admin's decision all
+        // answer at once (with the lock held they waited 10 s and failed).
+        let quick = Duration::from_secs(3);
+        let shown = tokio::time::timeout(quick, engine.get_proposal(&agent("get_proposal"), &id))
+            .await
+            .expect("a read answers while the provider stalls")
+            .expect("read");
+        assert_eq!(shown.status, ProposalStatus::Applying);
+        let other = IdentityId::parse("inv:user/ci-deploy").expect("id");
+        let revoke = tokio::time::timeout(
+            quick,
+            engine.revoke_identity(
+                &agent("revoke_identity"),
+                &other,
+                Some("while the provider stalls"),
+                None,
+            ),
+        )
+        .await
+        .expect("a proposal answers while the provider stalls")
+        .expect("propose");
+        tokio::time::timeout(
+            quick,
+            engine.reject(&admin(), &revoke.proposal.body.id, "not now"),
+        )
+        .await
+        .expect("a rejection answers while the provider stalls")
+        .expect("reject");
+
+        // The rollback is bounded: the apply answers, and the proposal failed saying what to do.
+        let err = tokio::time::timeout(ROLLBACK_TIMEOUT + Duration::from_secs(10), apply)
+            .await
+            .expect("the rollback gives up after its timeout")
+            .expect("join")
+            .expect_err("the step failed");
+        assert!(
+            err.to_string().contains("refused the new credential"),
+            "{err}"
+        );
+        let p = engine.proposal(&id).await.expect("proposal");
+        assert_eq!(p.status, ProposalStatus::Failed);
+        let last = p.execution.last().expect("steps");
+        assert!(
+            last.detail.contains("could not be removed") && last.detail.contains("no answer"),
+            "{}",
+            last.detail
+        );
+        let records = engine.store().audit_records().await.expect("audit");
+        assert!(crate::audit::verify(&records).is_ok());
+    }
 }

@@ -286,6 +286,7 @@ impl Engine {
         }
         let now = Utc::now();
         if let Some(limit) = self.max_proposals_per_hour {
+            tx.lock_requester(&body.requester).await?;
             let recent = tx
                 .count_proposals_since(&body.requester, now - chrono::Duration::hours(1))
                 .await?;
@@ -405,22 +406,8 @@ impl Engine {
                     .to_owned(),
             ));
         }
-        match proposal.status {
-            ProposalStatus::Approved => {}
-            ProposalStatus::Applying | ProposalStatus::Applied => {
-                return Err(EngineError::Refused(format!(
-                    "proposal `{}` is already {}; an approval token works once",
-                    proposal.body.id,
-                    proposal.status.as_str()
-                )));
-            }
-            other => {
-                return Err(EngineError::Refused(format!(
-                    "proposal `{}` is {}, not approved",
-                    proposal.body.id,
-                    other.as_str()
-                )));
-            }
+        if proposal.status != ProposalStatus::Approved {
+            return Err(not_approved(&proposal));
         }
         let now = Utc::now();
         if proposal.deadline < now {
@@ -440,6 +427,7 @@ impl Engine {
         // made from.
         let current = self.fetch_identity(&proposal.body.identity_id).await?;
         self.authorize(caller, PolicyAction::Apply, &current)?;
+        self.check_requester(caller, &proposal, &current)?;
         if current.fingerprint() != proposal.body.snapshot_fingerprint {
             let mut tx = self.store.begin().await?;
             tx.consume_token(&claims.jti, &proposal.body.id, now)
@@ -477,8 +465,17 @@ impl Engine {
             )));
         }
 
-        // Consume the token and start, atomically: a second apply finds the jti used.
+        // Consume the token and start, atomically, deciding from the proposal as it is inside the
+        // transaction: a second apply finds the jti used, a withdrawal that won finds it
+        // rejected (approved -> applying and approved -> rejected: exactly one wins).
         let mut tx = self.store.begin().await?;
+        let locked = tx
+            .lock_proposal(&proposal.body.id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("proposal `{token_for}` not found")))?;
+        if locked.status != ProposalStatus::Approved {
+            return Err(not_approved(&locked));
+        }
         if !tx
             .consume_token(&claims.jti, &proposal.body.id, now)
             .await?
@@ -522,34 +519,62 @@ impl Engine {
         why: &str,
     ) -> Result<()> {
         let mut tx = self.store.begin().await?;
-        if tx.transition(id, from, ProposalStatus::Expired).await? {
-            tx.set_progress(id, Some(why), None, None).await?;
-            tx.append_audit(super::execute::system_entry("expire", id, why))
-                .await?;
-        }
+        expire_in(&mut tx, id, from, why).await?;
         tx.commit().await?;
         Ok(())
     }
 
+    /// Refuses unless `caller` requested `proposal`, or policy lets it apply for others: an
+    /// approval token is bound to its requester (the token's `requester` claim, checked against
+    /// the stored proposal before this).
+    fn check_requester(
+        &self,
+        caller: &Caller,
+        proposal: &Proposal,
+        current: &crate::model::Identity,
+    ) -> Result<()> {
+        if caller.principal.id == proposal.body.requester {
+            return Ok(());
+        }
+        let decision = self
+            .policy
+            .decide(&caller.principal, PolicyAction::ApplyForOthers, current);
+        caller.record_policies(&decision);
+        if decision.allowed {
+            return Ok(());
+        }
+        Err(EngineError::Refused(format!(
+            "proposal `{}` was requested by `{}`: its approval token works only for its requester, and policy does not allow `{}` to apply for others",
+            proposal.body.id, proposal.body.requester, caller.principal.id
+        )))
+    }
+
     /// A human approval, from the CLI or the admin API; never from an agent's MCP session.
+    ///
+    /// Read, check and write happen in one transaction that holds the proposal
+    /// (`Tx::lock_proposal`): two admins approving at the same moment are serialised on the
+    /// proposal's row, each counts the approvals recorded before its own, and the one that
+    /// completes the count issues the token.
     pub async fn approve(&self, admin: &Principal, id: &ProposalId) -> Result<ApproveResult> {
         let approver = admin.id.as_str();
         let caller = Caller::new(admin, "approve", serde_json::json!({"proposal_id": id}));
         let result = async {
             check_free_text("approver", approver, 128)?;
-            let proposal = self
-                .store
-                .proposal(id)
+            let now = Utc::now();
+            let mut tx = self.store.begin().await?;
+            let proposal = tx
+                .lock_proposal(id)
                 .await?
                 .ok_or_else(|| EngineError::NotFound(format!("proposal `{id}` not found")))?;
-            if proposal.status == ProposalStatus::PendingApproval && proposal.deadline < Utc::now()
-            {
-                self.expire(
+            if proposal.status == ProposalStatus::PendingApproval && proposal.deadline < now {
+                expire_in(
+                    &mut tx,
                     id,
                     ProposalStatus::PendingApproval,
                     "not approved before its deadline",
                 )
                 .await?;
+                tx.commit().await?;
                 return Err(EngineError::Refused(format!("proposal `{id}` has expired")));
             }
             if proposal.status != ProposalStatus::PendingApproval {
@@ -564,19 +589,13 @@ impl Engine {
                     "`{approver}` requested proposal `{id}` and cannot approve it"
                 )));
             }
-            let now = Utc::now();
-            let mut tx = self.store.begin().await?;
             if !tx.add_approval(id, approver, now).await? {
                 return Err(EngineError::Refused(format!(
                     "`{approver}` has already approved proposal `{id}`"
                 )));
             }
-            let mut approvers: Vec<String> = proposal
-                .approvals
-                .iter()
-                .map(|a| a.approver.clone())
-                .collect();
-            approvers.push(approver.to_owned());
+            // Counted inside the transaction: every approval committed before this one is seen.
+            let approvers = tx.approvers(id).await?;
             let required = proposal.body.required_approvals as usize;
             let mut token = None;
             if approvers.len() >= required {
@@ -622,18 +641,21 @@ impl Engine {
                 ))
                 .await?;
             }
-            tx.commit().await?;
-            let proposal = self
-                .store
+            let proposal = tx
                 .proposal(id)
                 .await?
                 .ok_or_else(|| EngineError::Internal("proposal vanished".to_owned()))?;
+            tx.commit().await?;
             Ok(ApproveResult { proposal, token })
         }
         .await;
         self.finish(&caller, result, Some(id)).await
     }
 
+    /// A human rejection. A pending proposal is rejected; an approved one not yet applied has
+    /// its approval withdrawn (it becomes `rejected` and its token is refused from then on).
+    /// Decided inside one transaction that holds the proposal, so a withdrawal and an apply at
+    /// the same moment cannot both win.
     pub async fn reject(
         &self,
         admin: &Principal,
@@ -651,43 +673,45 @@ impl Engine {
             check_reason(reason)?;
             let mut tx = self.store.begin().await?;
             let proposal = tx
-                .proposal(id)
+                .lock_proposal(id)
                 .await?
                 .ok_or_else(|| EngineError::NotFound(format!("proposal `{id}` not found")))?;
             // Deciding either way is the `approve` action.
             self.authorize(&caller, PolicyAction::Approve, &proposal.body.snapshot)?;
-            if !tx
-                .transition(
-                    id,
-                    ProposalStatus::PendingApproval,
-                    ProposalStatus::Rejected,
-                )
-                .await?
+            let from = proposal.status;
+            let withdrawn = from == ProposalStatus::Approved;
+            if !matches!(
+                from,
+                ProposalStatus::PendingApproval | ProposalStatus::Approved
+            ) || !tx.transition(id, from, ProposalStatus::Rejected).await?
             {
                 return Err(EngineError::Refused(format!(
-                    "proposal `{id}` is {}, not pending approval",
-                    proposal.status.as_str()
+                    "proposal `{id}` is {}, not pending approval or approved",
+                    from.as_str()
                 )));
             }
-            tx.set_progress(
-                id,
-                Some(&format!("rejected by {approver}: {reason}")),
-                None,
-                None,
-            )
-            .await?;
+            let (note, outcome) = if withdrawn {
+                (
+                    format!("approval withdrawn by {approver}: {reason}"),
+                    "approval withdrawn; its approval token is refused from now on",
+                )
+            } else {
+                (format!("rejected by {approver}: {reason}"), "rejected")
+            };
+            tx.set_progress(id, Some(&note), None, None).await?;
             tx.append_audit(
                 caller
                     .entry(Decision::Allow)
                     .proposal(id.as_str())
-                    .outcome("rejected"),
+                    .outcome(outcome),
             )
             .await?;
-            tx.commit().await?;
-            self.store
+            let proposal = tx
                 .proposal(id)
                 .await?
-                .ok_or_else(|| EngineError::Internal("proposal vanished".to_owned()))
+                .ok_or_else(|| EngineError::Internal("proposal vanished".to_owned()))?;
+            tx.commit().await?;
+            Ok(proposal)
         }
         .await;
         self.finish(&caller, result, Some(id)).await
@@ -752,4 +776,40 @@ impl Engine {
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("proposal `{id}` not found")))
     }
+}
+
+/// Moves `id` from `from` to `expired` inside `tx`, with an audit record; nothing if it moved on.
+async fn expire_in(
+    tx: &mut crate::store::Tx,
+    id: &ProposalId,
+    from: ProposalStatus,
+    why: &str,
+) -> Result<()> {
+    if tx.transition(id, from, ProposalStatus::Expired).await? {
+        tx.set_progress(id, Some(why), None, None).await?;
+        tx.append_audit(super::execute::system_entry("expire", id, why))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Why an approval token is refused for a proposal that is not (or no longer) approved.
+fn not_approved(p: &Proposal) -> EngineError {
+    let id = &p.body.id;
+    EngineError::Refused(match p.status {
+        ProposalStatus::Applying | ProposalStatus::Applied => format!(
+            "proposal `{id}` is already {}; an approval token works once",
+            p.status.as_str()
+        ),
+        ProposalStatus::Rejected
+            if p.outcome
+                .as_deref()
+                .is_some_and(|o| o.starts_with("approval withdrawn")) =>
+        {
+            format!(
+                "proposal `{id}` is rejected: its approval was withdrawn, and its approval token is refused"
+            )
+        }
+        other => format!("proposal `{id}` is {}, not approved", other.as_str()),
+    })
 }

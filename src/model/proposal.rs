@@ -73,7 +73,8 @@ impl ProposalStatus {
         matches!(
             (self, next),
             (PendingApproval, Approved | Rejected | Expired | Cancelled)
-                | (Approved, Applying | Expired)
+                // Approved -> Rejected: an admin withdraws the approval before it is applied.
+                | (Approved, Applying | Expired | Rejected)
                 | (Applying, Applied | Failed)
         )
     }
@@ -254,6 +255,7 @@ mod tests {
             (PendingApproval, Cancelled),
             (Approved, Applying),
             (Approved, Expired),
+            (Approved, Rejected),
             (Applying, Applied),
             (Applying, Failed),
         ];

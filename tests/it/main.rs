@@ -8,6 +8,7 @@ mod audit;
 mod aws;
 mod bad_input;
 mod cli;
+mod concurrency;
 mod contract;
 mod crash;
 mod files;

@@ -198,3 +198,34 @@ async fn the_proposal_rate_limit_holds() {
             .is_ok()
     );
 }
+
+/// The rate limit is counted inside the inserting transaction: three proposals at the same
+/// moment against a limit of two make exactly two.
+#[tokio::test]
+async fn the_proposal_rate_limit_holds_for_proposals_at_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let overrides = Overrides {
+        config_file: None,
+        data_dir: Some(dir.path().to_path_buf()),
+    };
+    let config = Config::from_toml("[policy]\nmax_proposals_per_hour = 2\n", None, &overrides)
+        .expect("config");
+    let engine = Engine::open(&config).await.expect("engine");
+    let agent = Principal::new("agent", [Scope::Read, Scope::Propose]);
+    let caller = Caller::new(&agent, "revoke_identity", serde_json::Value::Null);
+    let ids: Vec<IdentityId> = [
+        "demo-aws:user/billing-exporter",
+        "demo-aws:user/ci-deploy",
+        "demo-aws:user/legacy-backup",
+    ]
+    .iter()
+    .map(|t| IdentityId::parse(t).expect("id"))
+    .collect();
+    let (a, b, c) = tokio::join!(
+        engine.revoke_identity(&caller, &ids[0], Some("at once"), None),
+        engine.revoke_identity(&caller, &ids[1], Some("at once"), None),
+        engine.revoke_identity(&caller, &ids[2], Some("at once"), None),
+    );
+    let made = [&a, &b, &c].iter().filter(|r| r.is_ok()).count();
+    assert_eq!(made, 2, "{a:?} / {b:?} / {c:?}");
+}

@@ -1,5 +1,5 @@
 //! Property test of the proposal state machine and the token checks: random sequences of
-//! approve / self-approve / apply / replay / reject, driven through the real engine (SQLite, the
+//! approve / self-approve / apply / replay / reject (or withdraw), driven through the real engine (SQLite, the
 //! demo inventory), against a tiny model of what must happen.
 
 use std::path::Path;
@@ -130,8 +130,17 @@ async fn run(ops: Vec<Op>, required: u32) -> Result<(), TestCaseError> {
                 }
             }
             Op::Reject => {
+                // A pending proposal is rejected; an approved one has its approval withdrawn.
                 let r = engine.reject(&admin("dave"), &id, "no").await;
-                prop_assert_eq!(r.is_ok(), status == ProposalStatus::PendingApproval);
+                prop_assert_eq!(
+                    r.is_ok(),
+                    matches!(
+                        status,
+                        ProposalStatus::PendingApproval | ProposalStatus::Approved
+                    ),
+                    "reject in {:?}",
+                    status
+                );
                 if r.is_ok() {
                     status = ProposalStatus::Rejected;
                 }

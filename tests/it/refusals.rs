@@ -382,3 +382,144 @@ async fn target_changed_since_the_snapshot_makes_the_proposal_stale() {
                 && r["reason"].as_str().is_some_and(|m| m.contains("stale")))
     );
 }
+
+/// Issue #8: another agent applied the requester's approved proposal with its token. With real
+/// tokens from the OAuth server: `agent` proposes, an admin approves through the admin API,
+/// `applier` (holding `nhi:apply`) presents the token and is refused, audited, nothing changes;
+/// the requester then applies with the same token. A policy that permits `apply_for_others`
+/// lets `applier` apply another proposal.
+#[tokio::test]
+async fn an_approval_token_works_only_for_its_requester() {
+    let idp = Idp::start();
+    let policy_dir = tempfile::tempdir().expect("dir");
+    let policy = policy_dir.path().join("for-others.cedar");
+    std::fs::write(
+        &policy,
+        format!(
+            "{}\n@id(\"applier-for-others\")\npermit (principal == Nhi::Agent::\"applier\", action == Nhi::Action::\"apply_for_others\", resource);\n",
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policy/default.cedar"))
+                .expect("default policy")
+        ),
+    )
+    .expect("write policy");
+    for permitted in [false, true] {
+        let extra = if permitted {
+            format!("[policy]\nfiles = [\"{}\"]\n", policy.display())
+        } else {
+            String::new()
+        };
+        let env = Env::with_config(&idp.config(&extra));
+        let server = env.http_server();
+        let agent = server
+            .client_with_token(
+                &idp.token("agent", "nhi:read nhi:propose nhi:apply", RESOURCE)
+                    .await,
+            )
+            .await;
+        let applier = server
+            .client_with_token(&idp.token("applier", "nhi:read nhi:apply", RESOURCE).await)
+            .await;
+        let (identity, credential) = rotation_target(&agent).await;
+        let id = propose(&agent, &identity, &credential).await;
+        let admin = idp
+            .token("admin-alice", "nhi:read nhi:approve", RESOURCE)
+            .await;
+        let approve = |id: String| {
+            let url = format!("{}/admin/v1/proposals/{id}/approve", server.base());
+            let admin = admin.clone();
+            async move {
+                let v: Value = reqwest::Client::new()
+                    .post(url)
+                    .bearer_auth(admin)
+                    .send()
+                    .await
+                    .expect("approve")
+                    .json()
+                    .await
+                    .expect("json");
+                v["approval_token"].as_str().expect("token").to_owned()
+            }
+        };
+        let token = approve(id.clone()).await;
+        let args = json!({"proposal_id": id, "approval_token": token});
+        let by_other = applier.call("apply_proposal", args.clone()).await;
+        if permitted {
+            let v = by_other.ok();
+            assert_eq!(v["proposal"]["status"], "applied", "{v}");
+        } else {
+            let msg = by_other.tool_error();
+            assert!(
+                msg.contains("requested by `agent`") && msg.contains("apply for others"),
+                "{msg}"
+            );
+            let p = agent
+                .call("get_proposal", json!({"proposal_id": id}))
+                .await
+                .ok();
+            assert_eq!(p["proposal"]["status"], "approved", "unchanged: {p}");
+            assert!(
+                p["proposal"]["execution"]
+                    .as_array()
+                    .is_some_and(Vec::is_empty)
+            );
+            let audit = env.audit();
+            assert!(
+                audit_for(&audit, "apply_proposal")
+                    .iter()
+                    .any(|r| r["principal"] == "applier"
+                        && r["decision"] == "deny"
+                        && r["reason"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("requested by"))),
+                "the refusal is audited as `applier`"
+            );
+            // The token is still good for its requester.
+            let v = agent.call("apply_proposal", args).await.ok();
+            assert_eq!(v["proposal"]["status"], "applied", "{v}");
+            // revoke_identity with a token is bound the same way.
+            let revoke = agent
+                .call(
+                    "revoke_identity",
+                    json!({"identity_id": identity, "reason": "bound to its requester"}),
+                )
+                .await
+                .ok();
+            let rid = revoke["proposal"]["id"].as_str().expect("id").to_owned();
+            let rtoken = approve(rid.clone()).await;
+            let msg = applier
+                .call(
+                    "revoke_identity",
+                    json!({"identity_id": identity, "approval_token": rtoken}),
+                )
+                .await
+                .tool_error();
+            assert!(msg.contains("requested by `agent`"), "{msg}");
+            let p = agent
+                .call("get_proposal", json!({"proposal_id": rid}))
+                .await
+                .ok();
+            assert_eq!(p["proposal"]["status"], "approved", "unchanged: {p}");
+            // The admin API withdraws an approval too; the requester's token is then refused.
+            let withdrawn = reqwest::Client::new()
+                .post(format!("{}/admin/v1/proposals/{rid}/reject", server.base()))
+                .bearer_auth(&admin)
+                .json(&json!({"reason": "withdrawn over the admin API"}))
+                .send()
+                .await
+                .expect("reject");
+            assert_eq!(withdrawn.status(), 200);
+            let body: Value = withdrawn.json().await.expect("json");
+            assert_eq!(body["status"], "rejected", "{body}");
+            let msg = agent
+                .call(
+                    "revoke_identity",
+                    json!({"identity_id": identity, "approval_token": rtoken}),
+                )
+                .await
+                .tool_error();
+            assert!(msg.contains("withdrawn"), "{msg}");
+        }
+        agent.close().await;
+        applier.close().await;
+    }
+}

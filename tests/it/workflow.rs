@@ -340,3 +340,78 @@ async fn reject_and_multi_approver_paths() {
     );
     client.close().await;
 }
+
+/// Issue #8: a 1 MB `reason` was stored whole. Free text is bounded in characters, not bytes:
+/// over the limit is refused with a clear error and changes nothing, and the refusal's audit
+/// record does not store it either.
+#[tokio::test]
+async fn reasons_are_bounded_in_characters() {
+    let env = Env::new();
+    let client = env.stdio().await;
+    let (identity, credential) = rotation_target(&client).await;
+    let huge = "x".repeat(1 << 20);
+    let answer = client
+        .call(
+            "propose_rotation",
+            json!({"identity_id": identity, "credential_id": credential, "grace_period": "0s", "reason": huge}),
+        )
+        .await;
+    let msg = match &answer {
+        Answer::Rpc(_, m) | Answer::ToolError(m) => m.clone(),
+        Answer::Ok(v) => panic!("a 1 MB reason was accepted: {}", &v.to_string()[..200]),
+    };
+    assert!(
+        msg.contains("`reason` is longer than 1000 characters"),
+        "{msg}"
+    );
+    assert!(msg.len() < 200, "the error does not echo the reason");
+    let listed = client.call("list_proposals", json!({})).await.ok();
+    assert_eq!(listed["proposals"], json!([]), "nothing was created");
+    let out = env.cli(&["audit", "export"]);
+    assert!(
+        out.stdout.len() < 64 * 1024,
+        "the audit export holds {} bytes after one refused 1 MB call",
+        out.stdout.len()
+    );
+
+    // 1,000 three-byte characters are 1,000 characters: accepted; one more is refused.
+    let euros = "€".repeat(1000);
+    let out = client
+        .call(
+            "propose_rotation",
+            json!({"identity_id": identity, "credential_id": credential, "grace_period": "0s", "reason": euros}),
+        )
+        .await
+        .ok();
+    let id = out["proposal"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(out["proposal"]["reason"], euros.as_str());
+    let too_long = "é".repeat(1001);
+    let rej = env.cli(&[
+        "reject",
+        &id,
+        "--approver",
+        "alice@example.com",
+        "--reason",
+        &too_long,
+    ]);
+    assert_eq!(rej.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&rej.stderr);
+    assert!(err.contains("longer than 1000 characters"), "{err}");
+    let shown: serde_json::Value =
+        serde_json::from_slice(&env.cli(&["proposals", "show", &id]).stdout).expect("json");
+    assert_eq!(
+        shown["status"], "pending_approval",
+        "the refused reject changed nothing"
+    );
+    let revoke = client
+        .call(
+            "revoke_identity",
+            json!({"identity_id": identity, "reason": "€".repeat(1001)}),
+        )
+        .await;
+    assert!(
+        revoke.text().contains("longer than 1000 characters"),
+        "{revoke:?}"
+    );
+    client.close().await;
+}
