@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::{Context, bail};
 
-use super::{AuditCommand, Command, ConfigCommand, IdentitiesCommand, ProposalsCommand};
+use super::{Command, ConfigCommand, IdentitiesCommand, ProposalsCommand};
 use crate::authz::{Principal, Scope};
 use crate::config::{Config, DatabaseConfig};
 use crate::engine::{Caller, Engine, IdentityQuery, ProposalQuery};
@@ -163,32 +163,7 @@ async fn dispatch(engine: &Engine, config: &Config, command: Command) -> anyhow:
                 .await?;
             eprintln!("rejected {id}");
         }
-        Command::Audit {
-            command: AuditCommand::Verify,
-        } => {
-            let records = engine.store().audit_records().await?;
-            let (n, head) = crate::audit::verify(&records)?;
-            writeln!(out, "audit chain intact: {n} records; head {head}")?;
-        }
-        Command::Audit {
-            command: AuditCommand::Export { output },
-        } => {
-            let records = engine.store().audit_records().await?;
-            let mut sink: Box<dyn Write> = match &output {
-                Some(path) => Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(path)
-                        .with_context(|| format!("cannot create {}", path.display()))?,
-                )),
-                None => Box::new(out),
-            };
-            for r in &records {
-                writeln!(sink, "{}", serde_json::to_string(r)?)?;
-            }
-            sink.flush()?;
-            if output.is_some() {
-                eprintln!("exported {} audit records", records.len());
-            }
-        }
+        Command::Audit { command } => super::audit::run(engine, config, command, out).await?,
         Command::Config {
             command: ConfigCommand::Check,
         } => check(engine, config, &mut out).await?,
