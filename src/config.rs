@@ -59,6 +59,15 @@ struct RawConfig {
     #[serde(default)]
     providers: Vec<RawProvider>,
     debug: Option<RawDebug>,
+    audit: Option<RawAudit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    checkpoint_key_file: Option<PathBuf>,
+    checkpoint_file: Option<PathBuf>,
+    checkpoint_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -289,6 +298,18 @@ pub struct Config {
     pub policy_files: Vec<PathBuf>,
     /// How many proposals one principal may create per hour (none: no limit).
     pub max_proposals_per_hour: Option<u32>,
+    pub audit: AuditConfig,
+}
+
+/// Signed checkpoints of the audit chain (`[audit]`).
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// The Ed25519 key that signs checkpoints (PKCS#8 PEM, 0600); not the approval key.
+    pub checkpoint_key_file: PathBuf,
+    /// Where `serve` appends each checkpoint, one JSON line each.
+    pub checkpoint_file: PathBuf,
+    /// How often `serve` writes a checkpoint (when records were added).
+    pub checkpoint_interval: Duration,
 }
 
 impl Config {
@@ -777,6 +798,7 @@ fn validate(
         }
     }
 
+    let audit = audit_config(raw.audit, &data_dir, &resolve)?;
     let step_pause = match raw.debug.and_then(|d| d.step_pause) {
         Some(raw) => parse_duration("debug.step_pause", &raw)?,
         None => Duration::ZERO,
@@ -802,6 +824,7 @@ fn validate(
     };
 
     Ok(Config {
+        audit,
         policy_files,
         max_proposals_per_hour,
         source: source.map(Path::to_path_buf),
@@ -813,6 +836,40 @@ fn validate(
         thresholds,
         providers,
         step_pause,
+    })
+}
+
+fn audit_config(
+    raw: Option<RawAudit>,
+    data_dir: &Path,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<AuditConfig, ConfigError> {
+    let raw = raw.unwrap_or(RawAudit {
+        checkpoint_key_file: None,
+        checkpoint_file: None,
+        checkpoint_interval: None,
+    });
+    let checkpoint_interval = parse_duration(
+        "audit.checkpoint_interval",
+        raw.checkpoint_interval.as_deref().unwrap_or("5m"),
+    )?;
+    if checkpoint_interval < Duration::from_secs(1)
+        || checkpoint_interval > Duration::from_secs(24 * 3600)
+    {
+        return Err(invalid(
+            "`audit.checkpoint_interval` must be between 1s and 24h",
+        ));
+    }
+    Ok(AuditConfig {
+        checkpoint_key_file: raw
+            .checkpoint_key_file
+            .map(resolve)
+            .unwrap_or_else(|| data_dir.join("audit-checkpoint.key")),
+        checkpoint_file: raw
+            .checkpoint_file
+            .map(resolve)
+            .unwrap_or_else(|| data_dir.join("audit-checkpoints.jsonl")),
+        checkpoint_interval,
     })
 }
 
@@ -913,5 +970,35 @@ mod tests {
             panic!("not a file inventory");
         };
         assert_eq!(p, Path::new("/etc/nhi/inv.toml"));
+    }
+
+    #[test]
+    fn audit_checkpoints_have_defaults_and_bounds() {
+        let c = load("").unwrap();
+        assert_eq!(
+            c.audit.checkpoint_key_file,
+            Path::new("/tmp/nhi-test/audit-checkpoint.key")
+        );
+        assert_eq!(
+            c.audit.checkpoint_file,
+            Path::new("/tmp/nhi-test/audit-checkpoints.jsonl")
+        );
+        assert_eq!(c.audit.checkpoint_interval, Duration::from_secs(300));
+        let c = load(
+            "[audit]\ncheckpoint_interval = \"1s\"\ncheckpoint_file = \"cp.jsonl\"\ncheckpoint_key_file = \"/k/cp.key\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.audit.checkpoint_interval, Duration::from_secs(1));
+        assert_eq!(c.audit.checkpoint_file, Path::new("/etc/nhi/cp.jsonl"));
+        assert_eq!(c.audit.checkpoint_key_file, Path::new("/k/cp.key"));
+        for bad in ["999ms", "25h", "0s", "often"] {
+            let err = load(&format!("[audit]\ncheckpoint_interval = \"{bad}\"\n")).unwrap_err();
+            assert!(err.contains("audit.checkpoint_interval"), "{err}");
+        }
+        assert!(
+            load("[audit]\ncheckpoint = 1\n")
+                .unwrap_err()
+                .contains("checkpoint")
+        );
     }
 }

@@ -4,6 +4,8 @@
 //! This module knows how records are redacted, hashed and checked; the store writes them in the
 //! same transaction as the state change they describe.
 
+pub mod checkpoint;
+
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

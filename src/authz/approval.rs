@@ -166,7 +166,7 @@ impl ApprovalKey {
     }
 }
 
-fn create_key_file(path: &Path) -> std::io::Result<()> {
+pub(crate) fn create_key_file(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
@@ -187,7 +187,7 @@ fn create_key_file(path: &Path) -> std::io::Result<()> {
     file.sync_all()
 }
 
-fn check_private(path: &Path) -> Result<(), String> {
+pub(crate) fn check_private(path: &Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)
         .map_err(|e| format!("cannot read: {e}"))?

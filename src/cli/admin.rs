@@ -5,9 +5,7 @@ use std::io::Write;
 use anyhow::{Context, bail};
 
 use super::output::{json, term, term_cut, term_or_dash};
-use super::{
-    AuditCommand, Command, ConfigCommand, FindingsCommand, IdentitiesCommand, ProposalsCommand,
-};
+use super::{Command, ConfigCommand, FindingsCommand, IdentitiesCommand, ProposalsCommand};
 use crate::authz::{Principal, Scope};
 use crate::config::{Config, DatabaseConfig};
 use crate::engine::{Caller, Engine, FindingQuery, IdentityQuery, ProposalQuery};
@@ -298,32 +296,7 @@ async fn dispatch(engine: &Engine, config: &Config, command: Command) -> anyhow:
                 .await?;
             eprintln!("rejected {id}");
         }
-        Command::Audit {
-            command: AuditCommand::Verify,
-        } => {
-            let records = engine.store().audit_records().await?;
-            let (n, head) = crate::audit::verify(&records)?;
-            writeln!(out, "audit chain intact: {n} records; head {head}")?;
-        }
-        Command::Audit {
-            command: AuditCommand::Export { output },
-        } => {
-            let records = engine.store().audit_records().await?;
-            let mut sink: Box<dyn Write> = match &output {
-                Some(path) => Box::new(std::io::BufWriter::new(
-                    private_file(path)
-                        .with_context(|| format!("cannot create {}", path.display()))?,
-                )),
-                None => Box::new(out),
-            };
-            for r in &records {
-                writeln!(sink, "{}", json(r, false)?)?;
-            }
-            sink.flush()?;
-            if output.is_some() {
-                eprintln!("exported {} audit records", records.len());
-            }
-        }
+        Command::Audit { command } => super::audit::run(engine, config, command, out).await?,
         Command::Config {
             command: ConfigCommand::Check,
         } => check(engine, config, &mut out).await?,
@@ -581,19 +554,4 @@ fn show_identity(out: &mut impl Write, d: &crate::engine::IdentityDetail) -> any
     }
     writeln!(out, "as of:       {}", time(d.as_of))?;
     Ok(())
-}
-
-/// Creates (or truncates) a file readable by its owner only, whatever the umask: exports carry
-/// who did what.
-fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    // An existing file keeps its mode on open: tighten it too.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    Ok(file)
 }

@@ -2,6 +2,7 @@
 //! in `main`; everything else is the engine's.
 
 mod admin;
+mod audit;
 pub mod output;
 
 use std::path::PathBuf;
@@ -189,14 +190,29 @@ pub enum ProposalsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain; names the first broken record.
-    Verify,
-    /// Write the audit log as JSON lines (to stdout, or FILE).
+    /// Check the hash chain and the signed checkpoints; names the first problem.
+    Verify {
+        /// Check against this checkpoint file (a copy kept elsewhere) instead of
+        /// `audit.checkpoint_file`.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+        /// Check signatures with this public key (PEM, from `audit public-key`) instead of the
+        /// data dir's checkpoint key.
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
+    },
+    /// Write the audit log as JSON lines (to stdout, or FILE); the last line is a signed
+    /// checkpoint of exactly what was written.
     Export {
         /// Write to FILE instead of stdout.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Print the public key that verifies checkpoints (PEM).
+    PublicKey,
+    /// Write a signed checkpoint now, into the chain and the checkpoint file (`serve` writes
+    /// them periodically and at shutdown).
+    Checkpoint,
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,6 +276,16 @@ async fn serve(config: Config, http: Option<String>) -> anyhow::Result<()> {
         tracing::warn!(proposal = %id, "{what}");
     }
     let cancel = CancellationToken::new();
+    let checkpointer = Arc::new(crate::audit::checkpoint::Checkpointer::new(
+        crate::audit::checkpoint::CheckpointKey::load_or_create(&config.audit.checkpoint_key_file)
+            .map_err(anyhow::Error::msg)?,
+        config.audit.checkpoint_file.clone(),
+    ));
+    let checkpoints = tokio::spawn({
+        let (checkpointer, store) = (checkpointer.clone(), engine.store().clone());
+        let (interval, cancel) = (config.audit.checkpoint_interval, cancel.clone());
+        async move { checkpointer.run(&store, interval, cancel).await }
+    });
     let ticker = tokio::spawn({
         let engine = engine.clone();
         let cancel = cancel.clone();
@@ -319,6 +345,9 @@ async fn serve(config: Config, http: Option<String>) -> anyhow::Result<()> {
     cancel.cancel();
     let _ = ticker.await;
     let _ = refresher.await;
+    let _ = checkpoints.await;
+    // At clean shutdown: a checkpoint of everything this process wrote.
+    checkpointer.log_checkpoint(engine.store()).await;
     engine.store().close().await;
     result
 }

@@ -518,6 +518,39 @@ impl Tx {
             hash,
         })
     }
+
+    /// The number of audit records and the hash of the newest (0 and the genesis hash when
+    /// there is none).
+    pub async fn audit_head(&mut self) -> Result<(i64, String)> {
+        let head = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *self.inner)
+            .await?;
+        match head {
+            Some(row) => Ok((row.try_get("seq")?, row.try_get("hash")?)),
+            None => Ok((0, audit::GENESIS_HASH.to_owned())),
+        }
+    }
+
+    /// The hash of audit record `seq`, if there is one.
+    pub async fn audit_hash_at(&mut self, seq: i64) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT hash FROM audit_log WHERE seq = $1")
+            .bind(seq)
+            .fetch_optional(&mut *self.inner)
+            .await?;
+        row.map(|r| r.try_get("hash"))
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    /// The newest audit record of `action`, if there is one.
+    pub async fn last_audit_with_action(&mut self, action: &str) -> Result<Option<AuditRecord>> {
+        let row =
+            sqlx::query("SELECT * FROM audit_log WHERE action = $1 ORDER BY seq DESC LIMIT 1")
+                .bind(action)
+                .fetch_optional(&mut *self.inner)
+                .await?;
+        row.as_ref().map(audit_from_row).transpose()
+    }
 }
 
 /// The most characters of a proposal's outcome or a step's detail that are stored: they are
