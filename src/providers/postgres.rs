@@ -17,11 +17,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, Mac};
-use rand::RngCore;
-use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Row};
 
@@ -368,11 +364,7 @@ impl Provider for PostgresProvider {
         match &step.action {
             StepAction::SetPassword { credential_id } => {
                 let secret = generate_password();
-                let verifier =
-                    scram_verifier(secret.expose()).map_err(|message| ProviderError::Refused {
-                        provider: self.name.to_string(),
-                        message,
-                    })?;
+                let verifier = scram_verifier(secret.expose());
                 // A utility statement takes no bind parameters; the verifier is base64 and `$`,
                 // `:` only, and is quoted as a literal all the same.
                 self.execute(&format!(
@@ -459,34 +451,32 @@ fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
-/// Role names in identity ids: unreserved characters as they are, everything else %XX.
+/// Role names in identity ids: ASCII letters, digits, `_`, `-` and `.` as they are, every other
+/// byte `%XX`.
+const ROLE_NAME_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'_')
+    .remove(b'-')
+    .remove(b'.');
+
 fn encode(name: &str) -> String {
-    let mut out = String::new();
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(name, ROLE_NAME_ESCAPES).to_string()
 }
 
+/// The role name of an id's native part; `None` for malformed escapes or non-UTF-8 bytes.
 fn decode(encoded: &str) -> Option<String> {
-    let bytes = encoded.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = encoded.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    // percent_decode passes a malformed `%` through as it is: such an id was never ours.
+    let well_formed = encoded.match_indices('%').all(|(i, _)| {
+        encoded
+            .get(i + 1..i + 3)
+            .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    });
+    if !well_formed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
 }
 
 struct CommentMeta {
@@ -533,28 +523,10 @@ fn generate_password() -> Secret {
 }
 
 /// The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802/7677), in its text
-/// form `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
-fn scram_verifier(password: &str) -> Result<String, String> {
-    const ITERATIONS: u32 = 4096;
-    let mut salt = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut salt);
-    let mut salted = [0u8; 32];
-    pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), &salt, ITERATIONS, &mut salted);
-    let hmac = |msg: &[u8]| -> Result<Vec<u8>, String> {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&salted).map_err(|e| format!("HMAC: {e}"))?;
-        mac.update(msg);
-        Ok(mac.finalize().into_bytes().to_vec())
-    };
-    let stored_key = Sha256::digest(hmac(b"Client Key")?);
-    let server_key = hmac(b"Server Key")?;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    Ok(format!(
-        "SCRAM-SHA-256${ITERATIONS}:{}${}:{}",
-        b64.encode(salt),
-        b64.encode(stored_key),
-        b64.encode(server_key)
-    ))
+/// form `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, as `postgres-protocol`
+/// computes it (a fresh random salt each time).
+fn scram_verifier(password: &str) -> String {
+    postgres_protocol::password::scram_sha_256(password.as_bytes())
 }
 
 #[cfg(test)]
@@ -571,6 +543,10 @@ mod tests {
         ] {
             assert_eq!(decode(&encode(name)).as_deref(), Some(name));
             assert!(!encode(name).contains(' '));
+        }
+        assert_eq!(encode("naïve x.y-z_1"), "na%C3%AFve%20x.y-z_1");
+        for malformed in ["%zz", "%4", "a%", "%FF", "%C3"] {
+            assert_eq!(decode(malformed), None, "{malformed}");
         }
         assert_eq!(quote_ident("weird \"role\""), "\"weird \"\"role\"\"\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
@@ -593,7 +569,7 @@ mod tests {
 
     #[test]
     fn scram_verifier_has_postgres_form() {
-        let v = scram_verifier("secret").unwrap();
+        let v = scram_verifier("secret");
         assert!(v.starts_with("SCRAM-SHA-256$4096:"), "{v}");
         assert!(!v.contains("secret") && !v.contains('\''));
         assert_eq!(v.matches('$').count(), 2);
