@@ -132,37 +132,16 @@ async fn dispatch(engine: &Engine, config: &Config, command: Command) -> anyhow:
         Command::Approve {
             proposal_id,
             approver,
+            key,
         } => {
-            let id = ProposalId::parse(&proposal_id).map_err(|e| anyhow::anyhow!(e.0))?;
-            let result = engine
-                .approve(&Principal::new(approver, [Scope::Approve]), &id)
-                .await?;
-            match result.token {
-                Some(token) => {
-                    eprintln!(
-                        "approved {id}; the token below is valid until {} and works once",
-                        result.proposal.deadline.to_rfc3339()
-                    );
-                    writeln!(out, "{token}")?;
-                }
-                None => eprintln!(
-                    "approval {} of {} recorded for {id}; the token is issued with the last approval",
-                    result.proposal.approvals.len(),
-                    result.proposal.body.required_approvals
-                ),
-            }
+            super::approver::approve(engine, config, &proposal_id, approver, key, &mut out).await?;
         }
         Command::Reject {
             proposal_id,
             approver,
+            key,
             reason,
-        } => {
-            let id = ProposalId::parse(&proposal_id).map_err(|e| anyhow::anyhow!(e.0))?;
-            engine
-                .reject(&Principal::new(approver, [Scope::Approve]), &id, &reason)
-                .await?;
-            eprintln!("rejected {id}");
-        }
+        } => super::approver::reject(engine, config, &proposal_id, approver, key, &reason).await?,
         Command::Audit {
             command: AuditCommand::Verify,
         } => {
@@ -192,7 +171,9 @@ async fn dispatch(engine: &Engine, config: &Config, command: Command) -> anyhow:
         Command::Config {
             command: ConfigCommand::Check,
         } => check(engine, config, &mut out).await?,
-        Command::Serve { .. } | Command::Tools { .. } => bail!("not an admin command"),
+        Command::Serve { .. } | Command::Tools { .. } | Command::Approvers { .. } => {
+            bail!("not an admin command")
+        }
     }
     Ok(())
 }

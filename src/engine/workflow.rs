@@ -536,7 +536,8 @@ impl Engine {
         let approver = admin.id.as_str();
         let caller = Caller::new(admin, "approve", serde_json::json!({"proposal_id": id}));
         let result = async {
-            check_free_text("approver", approver, 128)?;
+            // Normalised where the principal was built; refused here if some path did not.
+            crate::authz::principal_id::check_normal("approver", approver)?;
             let proposal = self
                 .store
                 .proposal(id)
@@ -559,7 +560,7 @@ impl Engine {
                 )));
             }
             self.authorize(&caller, PolicyAction::Approve, &proposal.body.snapshot)?;
-            if approver == proposal.body.requester {
+            if crate::authz::principal_id::same(approver, &proposal.body.requester) {
                 return Err(EngineError::Refused(format!(
                     "`{approver}` requested proposal `{id}` and cannot approve it"
                 )));
@@ -647,7 +648,7 @@ impl Engine {
             serde_json::json!({"proposal_id": id, "reason": reason}),
         );
         let result = async {
-            check_free_text("approver", approver, 128)?;
+            crate::authz::principal_id::check_normal("approver", approver)?;
             check_reason(reason)?;
             let mut tx = self.store.begin().await?;
             let proposal = tx
