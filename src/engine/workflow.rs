@@ -108,7 +108,7 @@ fn approval_outcome(p: &Proposal) -> Option<ApprovalOutcome> {
         approvals_required: p.body.required_approvals,
         approvals_received: p.approvals.len(),
         how_to_approve: format!(
-            "a human admin approves it outside this session (`nhi-mcp approve {id} --approver NAME`, or `POST /admin/v1/proposals/{id}/approve` on a hosted server) and hands you the approval token; then call `apply_proposal`",
+            "a human admin approves it outside this session (`nhi-mcp approve {id} --approver NAME --key FILE`, or `POST /admin/v1/proposals/{id}/approve` on a hosted server) and hands you the approval token; then call `apply_proposal`",
             id = p.body.id
         ),
     })

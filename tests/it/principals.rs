@@ -347,3 +347,33 @@ async fn issue_8_cli_approvals_need_a_configured_approver_and_their_key() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("does not verify"), "{}", stderr(&out));
 }
+
+/// Two spellings of one approver at the same moment, from two real CLI processes: one approval.
+#[tokio::test]
+async fn issue_8_two_spellings_at_once_are_one_approval() {
+    let env = Env::with_config("[approval]\nrequired_approvals = 2\n");
+    let client = env.stdio().await;
+    let (identity, credential) = rotation_target(&client).await;
+    let id = propose(&client, &identity, &credential).await;
+    client.close().await;
+    let key = env.key("alice@example.com");
+    let key = key.to_str().expect("path");
+    let spawn = |who: &str| {
+        env.command(&["approve", &id, "--approver", who, "--key", key])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn approve")
+    };
+    let a = spawn("Alice@Example.com");
+    let b = spawn("alice@example.com ");
+    let outs = [
+        a.wait_with_output().expect("a"),
+        b.wait_with_output().expect("b"),
+    ];
+    let ok = outs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(ok, 1, "{:?}", outs.iter().map(stderr).collect::<Vec<_>>());
+    let p = show(&env, &id);
+    assert_eq!(p["status"], "pending_approval", "{p}");
+    assert_eq!(approvers_of(&p), vec!["alice@example.com"]);
+}
