@@ -128,9 +128,20 @@ async fn prove(
         }
         (None, None) => match &config.http.auth {
             Some(auth) => {
-                let principal =
-                    super::device::sign_in(auth, &config.approval.cli_client_id).await?;
-                Ok(Proof::SignedIn(principal))
+                match super::device::sign_in(auth, &config.approval.cli_client_id).await {
+                    Ok(principal) => Ok(Proof::SignedIn(principal)),
+                    Err(e) => {
+                        // A sign-in that ends without a usable approver is a refused decision.
+                        let message = format!("{e:#}").replace('\n', " ");
+                        let caller = Caller::new(
+                            &Principal::new("cli:local", [Scope::Approve]),
+                            verdict.as_str(),
+                            serde_json::json!({"proposal_id": id, "proof": "sign-in"}),
+                        );
+                        engine.audit_denied(&caller, &message).await;
+                        Err(e)
+                    }
+                }
             }
             None => bail!(
                 "`{}` needs `--approver NAME --key FILE` (an `[[approvers]]` entry and its private key); without `[auth]` there is no issuer to sign in at",

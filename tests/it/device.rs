@@ -212,6 +212,22 @@ async fn issue_8_approve_signs_in_with_the_device_flow() {
         .filter(|r| r["decision"] == "allow")
         .collect();
     assert_eq!(approvals.len(), 1, "{approvals:?}");
+    // The refused sign-ins are audited too: the self-approval by the engine, the look-alike
+    // and the reserved subject by the CLI.
+    let refused: Vec<&str> = audit_for(&audit, "approve")
+        .into_iter()
+        .filter(|r| r["decision"] != "allow")
+        .map(|r| r["reason"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(
+        refused.iter().any(|r| r.contains("cannot approve")),
+        "{refused:?}"
+    );
+    assert!(
+        refused.iter().any(|r| r.contains("reserved")),
+        "{refused:?}"
+    );
     assert_eq!(approvals[0]["principal"], "alice@example.com");
     assert_eq!(approvals[0]["issuer"], idp.issuer.as_str());
     assert_eq!(approvals[0]["client_id"], "nhi-mcp-cli");
