@@ -60,6 +60,8 @@ struct RawConfig {
     providers: Vec<RawProvider>,
     debug: Option<RawDebug>,
     audit: Option<RawAudit>,
+    #[serde(default)]
+    approvers: Vec<RawApprover>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +70,16 @@ struct RawAudit {
     checkpoint_key_file: Option<PathBuf>,
     checkpoint_file: Option<PathBuf>,
     checkpoint_interval: Option<String>,
+}
+
+/// One `[[approvers]]` entry: a human who may approve, and how the CLI proves it is them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApprover {
+    id: String,
+    /// Ed25519 public key, SPKI PEM (what `nhi-mcp approvers keygen` prints).
+    public_key: Option<String>,
+    public_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +124,7 @@ struct RawApproval {
     key_file: Option<PathBuf>,
     required_approvals: Option<u32>,
     issuer: Option<String>,
+    cli_client_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,6 +292,9 @@ pub struct ApprovalConfig {
     pub key_file: PathBuf,
     pub required_approvals: u32,
     pub issuer: String,
+    /// The OAuth client `nhi-mcp approve` signs in with (device authorization grant) under
+    /// `[auth]`: a public client at the issuer allowed the device-code grant.
+    pub cli_client_id: String,
 }
 
 #[derive(Debug, Clone)]
@@ -299,6 +315,9 @@ pub struct Config {
     /// How many proposals one principal may create per hour (none: no limit).
     pub max_proposals_per_hour: Option<u32>,
     pub audit: AuditConfig,
+    /// Who may approve (`[[approvers]]`), ids normalised; empty: nobody approves from the CLI
+    /// with `--key`.
+    pub approvers: Vec<crate::authz::approvers::ApproverConfig>,
 }
 
 /// Signed checkpoints of the audit chain (`[audit]`).
@@ -522,6 +541,7 @@ fn validate(
         key_file: None,
         required_approvals: None,
         issuer: None,
+        cli_client_id: None,
     });
     let token_ttl = parse_duration(
         "approval.token_ttl",
@@ -554,7 +574,11 @@ fn validate(
             .unwrap_or_else(|| data_dir.join("approval.key")),
         required_approvals,
         issuer: approval.issuer.unwrap_or_else(|| "nhi-mcp".to_owned()),
+        cli_client_id: approval
+            .cli_client_id
+            .unwrap_or_else(|| "nhi-mcp-cli".to_owned()),
     };
+    let approvers = approvers(raw.approvers, &resolve)?;
 
     let findings = raw.findings.unwrap_or(RawFindings {
         unused_days: None,
@@ -825,6 +849,7 @@ fn validate(
 
     Ok(Config {
         audit,
+        approvers,
         policy_files,
         max_proposals_per_hour,
         source: source.map(Path::to_path_buf),
@@ -880,7 +905,7 @@ fn principal(
     default_scopes: Vec<Scope>,
 ) -> Result<Principal, ConfigError> {
     let id = id.unwrap_or_else(|| "agent:local".to_owned());
-    crate::model::ids::check_free_text(&format!("`{section}.principal`"), &id, 128)
+    let id = crate::authz::principal_id::parse_external(&format!("`{section}.principal`"), &id)
         .map_err(|e| invalid(e.0))?;
     let scopes = match scopes {
         Some(raw) => parse_scopes(&format!("{section}.scopes"), &raw)?,
@@ -892,6 +917,51 @@ fn principal(
         )));
     }
     Ok(Principal::new(id, scopes))
+}
+
+/// `[[approvers]]`: ids normalised and unique, keys parsed.
+fn approvers(
+    raw: Vec<RawApprover>,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<Vec<crate::authz::approvers::ApproverConfig>, ConfigError> {
+    use crate::authz::approvers::{ApproverConfig, parse_public_key};
+    let mut out: Vec<ApproverConfig> = Vec::new();
+    for (i, a) in raw.into_iter().enumerate() {
+        let at = format!("`approvers[{i}]`");
+        let id = crate::authz::principal_id::parse_external(&format!("{at}: `id`"), &a.id)
+            .map_err(|e| invalid(e.0))?;
+        if let Some(j) = out.iter().position(|o| o.id == id) {
+            return Err(invalid(format!(
+                "{at}: `id` = {} is `{id}`, which `approvers[{j}]` already names",
+                quote_input(&a.id)
+            )));
+        }
+        let pem = match (a.public_key, a.public_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(format!(
+                    "{at}: give `public_key` or `public_key_file`, not both"
+                )));
+            }
+            (Some(pem), None) => Some(pem),
+            (None, Some(file)) => {
+                let path = resolve(file);
+                Some(
+                    std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
+            (None, None) => None,
+        };
+        let public_key = pem
+            .map(|pem| {
+                parse_public_key(&pem).map_err(|e| invalid(format!("{at}: the public key {e}")))
+            })
+            .transpose()?;
+        out.push(ApproverConfig { id, public_key });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -957,6 +1027,53 @@ mod tests {
                 .unwrap_err()
                 .contains("hunter2")
         );
+    }
+
+    /// Issue #8: configured principals are normalised, look-alikes and the server's own names
+    /// refused, and two spellings of one approver are one approver.
+    #[test]
+    fn principals_and_approvers_are_normalised_and_checked() {
+        let c = load("[stdio]\nprincipal = \" Agent:Local\"\n[http]\nprincipal = \"ＢＯＴ\"\n")
+            .unwrap();
+        assert_eq!(c.stdio_principal.id, "agent:local");
+        assert_eq!(c.http.principal.id, "bot");
+        for bad in [
+            "\u{430}gent",
+            "agent\u{200b}",
+            "nhi-mcp",
+            "CLI:local",
+            "Anonymous",
+            "a b",
+            "",
+        ] {
+            for section in ["stdio", "http"] {
+                let err = load(&format!("[{section}]\nprincipal = \"{bad}\"\n")).unwrap_err();
+                assert!(err.contains(&format!("`{section}.principal`")), "{err}");
+                assert!(!err.contains('\n'), "{err}");
+            }
+        }
+        let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let pem = crate::authz::approvers::public_key_pem(&key.verifying_key()).unwrap();
+        let c = load(&format!(
+            "[[approvers]]\nid = \"Alice@Example.com \"\npublic_key = \"\"\"\n{pem}\"\"\"\n[[approvers]]\nid = \"bob\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.approvers.len(), 2);
+        assert_eq!(c.approvers[0].id, "alice@example.com");
+        assert_eq!(c.approvers[0].public_key, Some(key.verifying_key()));
+        assert_eq!(c.approvers[1].public_key, None);
+        let err =
+            load("[[approvers]]\nid = \"alice\"\n[[approvers]]\nid = \"ALICE \"\n").unwrap_err();
+        assert!(err.contains("approvers[0]` already names"), "{err}");
+        let err = load("[[approvers]]\nid = \"\u{430}lice\"\n").unwrap_err();
+        assert!(err.contains("approvers[0]"), "{err}");
+        let err = load("[[approvers]]\nid = \"nhi-mcp\"\n").unwrap_err();
+        assert!(err.contains("reserved"), "{err}");
+        let err = load("[[approvers]]\nid = \"a\"\npublic_key = \"nope\"\n").unwrap_err();
+        assert!(err.contains("not an Ed25519 public key"), "{err}");
+        let err = load("[[approvers]]\nid = \"a\"\npublic_key = \"x\"\npublic_key_file = \"k\"\n")
+            .unwrap_err();
+        assert!(err.contains("not both"), "{err}");
     }
 
     #[test]

@@ -248,9 +248,15 @@ impl Authenticator {
         };
         // Scopes this server does not know are ignored, not errors.
         let scopes = raw_scopes.iter().filter_map(|s| Scope::parse(s).ok());
-        let mut principal = Principal::new(subject, scopes);
+        // Subjects and client ids are compared and stored in normal form; one outside the safe
+        // set (or one of the server's own names) is refused, never mapped onto someone else.
+        let mut principal = Principal::parse("the token's subject", &subject, scopes)
+            .map_err(|e| AuthError::Invalid(e.0))?;
         principal.issuer = Some(self.config.issuer.clone());
-        principal.client_id = client;
+        principal.client_id = client
+            .map(|c| crate::authz::principal_id::parse_external("the token's client id", &c))
+            .transpose()
+            .map_err(|e| AuthError::Invalid(e.0))?;
         Ok(principal)
     }
 
@@ -313,7 +319,7 @@ impl Authenticator {
 
 /// Where an issuer's metadata may be: RFC 8414 inserts the well-known path between host and
 /// path; OpenID Connect appends it.
-fn metadata_urls(issuer: &str) -> Vec<String> {
+pub(crate) fn metadata_urls(issuer: &str) -> Vec<String> {
     let issuer = issuer.trim_end_matches('/');
     let (scheme, rest) = issuer.split_once("://").unwrap_or(("https", issuer));
     let (host, path) = rest
@@ -446,5 +452,43 @@ mod tests {
             before,
             "refreshed inside the interval"
         );
+    }
+
+    /// Issue #8: a token's subject and client id are normalised; look-alikes and the server's
+    /// own names are refused with a one-line error.
+    #[tokio::test]
+    async fn token_subjects_are_normalised_or_refused() {
+        let i = issuer();
+        let with = |sub: &str, client: &str| {
+            let mut c = claims(300, 0);
+            c["sub"] = json!(sub);
+            c["client_id"] = json!(client);
+            token(&i, "k1", c)
+        };
+        let p = i
+            .auth
+            .authenticate(&with("Agent-7 ", "CI"))
+            .await
+            .expect("valid");
+        assert_eq!(p.id, "agent-7");
+        assert_eq!(p.client_id.as_deref(), Some("ci"));
+        for (sub, client, want) in [
+            ("agent-7\u{200b}", "ci", "the token's subject"),
+            ("\u{430}gent-7", "ci", "the token's subject"),
+            ("nhi-mcp", "ci", "reserved"),
+            ("Anonymous", "ci", "reserved"),
+            ("cli:local", "ci", "reserved"),
+            ("agent\n7", "ci", "the token's subject"),
+            ("agent-7", "c\u{3b9}", "the token's client id"),
+        ] {
+            let e = i
+                .auth
+                .authenticate(&with(sub, client))
+                .await
+                .expect_err(sub)
+                .to_string();
+            assert!(e.contains(want), "`{e}` lacks `{want}`");
+            assert!(!e.contains('\n'), "{e}");
+        }
     }
 }

@@ -2,7 +2,9 @@
 //! (Cedar), and the approval tokens that authorize one change.
 
 pub mod approval;
+pub mod approvers;
 pub mod policy;
+pub mod principal_id;
 pub mod scopes;
 
 pub use approval::{ApprovalClaims, ApprovalKey, TokenError};

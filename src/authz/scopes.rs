@@ -64,6 +64,8 @@ impl fmt::Display for Scope {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
     /// The subject: the configured stdio/HTTP principal, a token's `sub`, or an approver's name.
+    /// In normal form (`principal_id::normalize`) whenever it came from outside: build those
+    /// with [`Principal::parse`].
     pub id: String,
     pub scopes: BTreeSet<Scope>,
     /// The token issuer, for principals authenticated by a bearer token.
@@ -80,6 +82,19 @@ impl Principal {
             issuer: None,
             client_id: None,
         }
+    }
+
+    /// A principal from an id that came from outside (config, a token, the CLI): normalised
+    /// and checked (see `principal_id`), and never one of the server's own names.
+    pub fn parse(
+        what: &str,
+        id: &str,
+        scopes: impl IntoIterator<Item = Scope>,
+    ) -> Result<Self, InvalidInput> {
+        Ok(Self::new(
+            super::principal_id::parse_external(what, id)?,
+            scopes,
+        ))
     }
 
     pub fn has(&self, scope: Scope) -> bool {

@@ -38,7 +38,8 @@ fn needs_providers(command: &Command) -> bool {
         | Command::Audit { .. }
         | Command::Serve { .. }
         | Command::Tools { .. }
-        | Command::Completions { .. } => false,
+        | Command::Completions { .. }
+        | Command::Approvers { .. } => false,
     }
 }
 
@@ -265,42 +266,24 @@ async fn dispatch(engine: &Engine, config: &Config, command: Command) -> anyhow:
         Command::Approve {
             proposal_id,
             approver,
+            key,
         } => {
-            let id = ProposalId::parse(&proposal_id).map_err(|e| anyhow::anyhow!(e.0))?;
-            let result = engine
-                .approve(&Principal::new(approver, [Scope::Approve]), &id)
-                .await?;
-            match result.token {
-                Some(token) => {
-                    eprintln!(
-                        "approved {id}; the token below is valid until {} and works once",
-                        result.proposal.deadline.to_rfc3339()
-                    );
-                    writeln!(out, "{token}")?;
-                }
-                None => eprintln!(
-                    "approval {} of {} recorded for {id}; the token is issued with the last approval",
-                    result.proposal.approvals.len(),
-                    result.proposal.body.required_approvals
-                ),
-            }
+            super::approver::approve(engine, config, &proposal_id, approver, key, &mut out).await?;
         }
         Command::Reject {
             proposal_id,
             approver,
+            key,
             reason,
-        } => {
-            let id = ProposalId::parse(&proposal_id).map_err(|e| anyhow::anyhow!(e.0))?;
-            engine
-                .reject(&Principal::new(approver, [Scope::Approve]), &id, &reason)
-                .await?;
-            eprintln!("rejected {id}");
-        }
+        } => super::approver::reject(engine, config, &proposal_id, approver, key, &reason).await?,
         Command::Audit { command } => super::audit::run(engine, config, command, out).await?,
         Command::Config {
             command: ConfigCommand::Check,
         } => check(engine, config, &mut out).await?,
-        Command::Serve { .. } | Command::Tools { .. } | Command::Completions { .. } => {
+        Command::Serve { .. }
+        | Command::Tools { .. }
+        | Command::Completions { .. }
+        | Command::Approvers { .. } => {
             bail!("not an admin command")
         }
     }

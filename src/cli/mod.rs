@@ -2,7 +2,9 @@
 //! in `main`; everything else is the engine's.
 
 mod admin;
+mod approver;
 mod audit;
+mod device;
 pub mod output;
 
 use std::path::PathBuf;
@@ -63,24 +65,37 @@ pub enum Command {
         command: ProposalsCommand,
     },
     /// Approve a proposal; prints the approval token, alone, on stdout once the last required
-    /// approval is in.
+    /// approval is in. Proves who you are with `--approver NAME --key FILE` (an `[[approvers]]`
+    /// entry's private key) or, with `[auth]` and no `--key`, by signing in at the issuer
+    /// (OAuth device authorization grant).
     Approve {
         /// The proposal to approve (`prop_…`).
         proposal_id: String,
-        /// Who is approving (recorded in the audit log and the token).
-        #[arg(long)]
-        approver: String,
+        /// Your approver id, as in `[[approvers]]` (with `--key`).
+        #[arg(long, requires = "key")]
+        approver: Option<String>,
+        /// Your Ed25519 private key (from `nhi-mcp approvers keygen`).
+        #[arg(long, value_name = "FILE", requires = "approver")]
+        key: Option<PathBuf>,
     },
-    /// Reject a proposal.
+    /// Reject a proposal; proves who you are as `approve` does.
     Reject {
         /// The proposal to reject (`prop_…`).
         proposal_id: String,
-        /// Who is rejecting (recorded in the audit log).
-        #[arg(long)]
-        approver: String,
-        /// Why, for the requester and the audit log.
+        /// Your approver id, as in `[[approvers]]` (with `--key`).
+        #[arg(long, requires = "key")]
+        approver: Option<String>,
+        /// Your Ed25519 private key (from `nhi-mcp approvers keygen`).
+        #[arg(long, value_name = "FILE", requires = "approver")]
+        key: Option<PathBuf>,
+        /// Why; recorded with the proposal.
         #[arg(long)]
         reason: String,
+    },
+    /// Approver keys, for `[[approvers]]`.
+    Approvers {
+        #[command(subcommand)]
+        command: ApproversCommand,
     },
     /// The audit log.
     Audit {
@@ -216,6 +231,20 @@ pub enum AuditCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ApproversCommand {
+    /// Create an Ed25519 private key (mode 0600) and print the `[[approvers]]` lines for the
+    /// config.
+    Keygen {
+        /// Where to write the private key; never overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The approver id to print in the config lines.
+        #[arg(long, value_name = "NAME")]
+        id: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ToolsCommand {
     /// Write one JSON file per tool into DIR.
     Export {
@@ -249,6 +278,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         let mut command = <Cli as clap::CommandFactory>::command();
         clap_complete::generate(*shell, &mut command, "nhi-mcp", &mut std::io::stdout());
         return Ok(());
+    }
+    if let Command::Approvers {
+        command: ApproversCommand::Keygen { out, id },
+    } = &cli.command
+    {
+        return approver::keygen(out, id.as_deref());
     }
     let overrides = Overrides {
         config_file: cli.config.clone(),

@@ -5,6 +5,7 @@
 mod cursor;
 mod execute;
 mod inventory;
+mod proof;
 mod query;
 mod workflow;
 

@@ -108,7 +108,7 @@ fn approval_outcome(p: &Proposal) -> Option<ApprovalOutcome> {
         approvals_required: p.body.required_approvals,
         approvals_received: p.approvals.len(),
         how_to_approve: format!(
-            "a human admin approves it outside this session (`nhi-mcp approve {id} --approver NAME`, or `POST /admin/v1/proposals/{id}/approve` on a hosted server) and hands you the approval token; then call `apply_proposal`",
+            "a human admin approves it outside this session (`nhi-mcp approve {id} --approver NAME --key FILE`, or `POST /admin/v1/proposals/{id}/approve` on a hosted server) and hands you the approval token; then call `apply_proposal`",
             id = p.body.id
         ),
     })
@@ -559,6 +559,8 @@ impl Engine {
         let approver = admin.id.as_str();
         let caller = Caller::new(admin, "approve", serde_json::json!({"proposal_id": id}));
         let result = async {
+            // Normalised where the principal was built; refused here if some path did not.
+            crate::authz::principal_id::check_normal("approver", approver)?;
             check_free_text("approver", approver, 128)?;
             let now = Utc::now();
             let mut tx = self.store.begin().await?;
@@ -584,7 +586,7 @@ impl Engine {
                 )));
             }
             self.authorize(&caller, PolicyAction::Approve, &proposal.body.snapshot)?;
-            if approver == proposal.body.requester {
+            if crate::authz::principal_id::same(approver, &proposal.body.requester) {
                 return Err(EngineError::Refused(format!(
                     "`{approver}` requested proposal `{id}` and cannot approve it"
                 )));
@@ -669,7 +671,7 @@ impl Engine {
             serde_json::json!({"proposal_id": id, "reason": reason}),
         );
         let result = async {
-            check_free_text("approver", approver, 128)?;
+            crate::authz::principal_id::check_normal("approver", approver)?;
             check_reason(reason)?;
             let mut tx = self.store.begin().await?;
             let proposal = tx

@@ -209,23 +209,16 @@ fn malformed_config_names_file_line_and_key() {
 
 #[test]
 fn malformed_inventory_names_file_line_and_key() {
-    let env = Env::new();
+    let env = Env::with_raw_config(
+        "[[providers]]\nname = \"mine\"\nkind = \"inventory\"\npath = \"inv.toml\"\n",
+    );
     let inv = env.path("inv.toml");
     std::fs::write(
         &inv,
         "[[identities]]\nnative_id = \"a\"\nkind = \"service_user\"\nname = \"a\"\ncreated_at = \"-1d\"\n\n[identities.permissions]\nprivileged = \"yes\"\n",
     )
     .expect("write");
-    let cfg = env.path("config.toml");
-    std::fs::write(
-        &cfg,
-        "[[providers]]\nname = \"mine\"\nkind = \"inventory\"\npath = \"inv.toml\"\n",
-    )
-    .expect("write");
-    let out = env
-        .command(&["--config", cfg.to_str().expect("utf8"), "config", "check"])
-        .output()
-        .expect("run");
+    let out = env.command(&["config", "check"]).output().expect("run");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -240,16 +233,13 @@ fn usage_errors_exit_2_and_failures_exit_1() {
     let env = Env::new();
     assert_eq!(env.cli(&["frobnicate"]).status.code(), Some(2));
     assert_eq!(
-        env.cli(&["approve", "prop_x"]).status.code(),
+        env.cli(&["approve", "prop_x", "--approver", "a"])
+            .status
+            .code(),
         Some(2),
-        "missing --approver"
+        "--approver without --key"
     );
-    let out = env.cli(&[
-        "approve",
-        "prop_0123456789abcdef0123456789abcdef",
-        "--approver",
-        "a",
-    ]);
+    let out = env.approve_as("prop_0123456789abcdef0123456789abcdef", "alice@example.com");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
     let out = env.cli(&["serve", "--http", "0.0.0.0:0"]);

@@ -58,16 +58,10 @@ fn hostile_env() -> Env {
     let mut env = Env::new();
     let inventory = env.path("hostile.toml");
     std::fs::write(&inventory, HOSTILE_INVENTORY).expect("inventory");
-    let config = env.path("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[providers]]\nname = \"evil\"\nkind = \"inventory\"\npath = \"{}\"\n",
-            inventory.display()
-        ),
-    )
-    .expect("config");
-    env.config = Some(config);
+    env.set_config(&format!(
+        "[[providers]]\nname = \"evil\"\nkind = \"inventory\"\npath = \"{}\"\n",
+        inventory.display()
+    ));
     env
 }
 
@@ -197,12 +191,21 @@ async fn issue_8_approvers_need_no_provider_credentials() {
         &["proposals", "list"][..],
         &["proposals", "list", "--json"],
         &["proposals", "show", first.as_str()],
-        &["approve", first.as_str(), "--approver", "alice@example.com"],
+        &[
+            "approve",
+            first.as_str(),
+            "--approver",
+            "alice@example.com",
+            "--key",
+            &env.key_arg("alice@example.com"),
+        ],
         &[
             "reject",
             second.as_str(),
             "--approver",
             "bob@example.com",
+            "--key",
+            &env.key_arg("bob@example.com"),
             "--reason",
             "no",
         ],
@@ -328,7 +331,17 @@ async fn tables_have_json_and_the_columns_an_admin_needs() {
     assert!(row.ends_with(" integration test"), "{row}");
     let age = row.split_whitespace().nth(6).expect("age");
     assert!(age.ends_with('s') || age.ends_with('m'), "{row}");
-    ok(&env, &["approve", &id, "--approver", "alice@example.com"]);
+    ok(
+        &env,
+        &[
+            "approve",
+            &id,
+            "--approver",
+            "alice@example.com",
+            "--key",
+            &env.key_arg("alice@example.com"),
+        ],
+    );
     let table = String::from_utf8(ok(&env, &["proposals", "list"])).expect("utf8");
     assert!(table.contains(" 1/2 "), "{table}");
     let json = lines(&[

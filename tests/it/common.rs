@@ -18,7 +18,15 @@ use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_nhi-mcp");
 
-/// A fresh data dir, optionally with a config file.
+/// The approvers every `Env` configures (`[[approvers]]`), each with a key in `Env::key`.
+pub const APPROVERS: [&str; 4] = [
+    "alice@example.com",
+    "bob@example.com",
+    "carol@example.com",
+    "dave@example.com",
+];
+
+/// A fresh data dir and a config file; the config names the test approvers.
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub data: PathBuf,
@@ -27,6 +35,52 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Self {
+        Self::with_config("")
+    }
+
+    /// `toml` plus `[[approvers]]` for [`APPROVERS`], whose keys it creates.
+    pub fn with_config(toml: &str) -> Self {
+        let mut env = Self::bare();
+        env.set_config(toml);
+        env
+    }
+
+    /// Replaces the config with `toml` plus `[[approvers]]` for [`APPROVERS`] (keys created
+    /// once, kept across calls).
+    pub fn set_config(&mut self, toml: &str) {
+        let mut text = format!("{toml}\n");
+        for id in APPROVERS {
+            let pub_file = self.path(&format!("{id}.pub"));
+            if !pub_file.exists() {
+                let public =
+                    nhi_mcp::authz::approvers::generate_key_file(&self.key(id)).expect("keygen");
+                std::fs::write(
+                    &pub_file,
+                    nhi_mcp::authz::approvers::public_key_pem(&public).expect("pem"),
+                )
+                .expect("write public key");
+            }
+            text.push_str(&format!(
+                "[[approvers]]\nid = \"{id}\"\npublic_key_file = \"{}\"\n",
+                pub_file.display()
+            ));
+        }
+        let path = self.dir.path().join("config.toml");
+        std::fs::write(&path, text).expect("write config");
+        self.config = Some(path);
+    }
+
+    /// The `--key` argument for a test approver.
+    pub fn key_arg(&self, id: &str) -> String {
+        self.key(id).display().to_string()
+    }
+
+    /// `toml` alone: no approvers unless it names them.
+    pub fn with_raw_config(toml: &str) -> Self {
+        Self::bare().write_config(toml.to_owned())
+    }
+
+    fn bare() -> Self {
         nhi_mcp::auth::install_crypto_provider();
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
@@ -37,12 +91,16 @@ impl Env {
         }
     }
 
-    pub fn with_config(toml: &str) -> Self {
-        let mut env = Self::new();
-        let path = env.dir.path().join("config.toml");
-        std::fs::write(&path, toml).expect("write config");
-        env.config = Some(path);
-        env
+    fn write_config(mut self, text: String) -> Self {
+        let path = self.dir.path().join("config.toml");
+        std::fs::write(&path, text).expect("write config");
+        self.config = Some(path);
+        self
+    }
+
+    /// The private key of a test approver (or where one for `id` would be).
+    pub fn key(&self, id: &str) -> PathBuf {
+        self.path(&format!("{id}.key"))
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -75,9 +133,37 @@ impl Env {
         self.command(args).output().expect("run nhi-mcp")
     }
 
+    /// `approve PROPOSAL --approver APPROVER --key KEY-OF-APPROVER`, as it went.
+    pub fn approve_as(&self, proposal: &str, approver: &str) -> Output {
+        let key = self.key(approver);
+        self.approve_with_key(proposal, approver, &key)
+    }
+
+    /// `approve PROPOSAL --approver APPROVER --key KEY`, as it went.
+    pub fn approve_with_key(&self, proposal: &str, approver: &str, key: &Path) -> Output {
+        let key = key.to_str().expect("utf8 path");
+        self.cli(&["approve", proposal, "--approver", approver, "--key", key])
+    }
+
+    /// `reject PROPOSAL --approver APPROVER --key KEY-OF-APPROVER --reason REASON`.
+    pub fn reject_as(&self, proposal: &str, approver: &str, reason: &str) -> Output {
+        let key = self.key(approver);
+        let key = key.to_str().expect("utf8 path");
+        self.cli(&[
+            "reject",
+            proposal,
+            "--approver",
+            approver,
+            "--key",
+            key,
+            "--reason",
+            reason,
+        ])
+    }
+
     /// Approves `proposal` as `approver`; returns the token printed on stdout.
     pub fn approve(&self, proposal: &str, approver: &str) -> String {
-        let out = self.cli(&["approve", proposal, "--approver", approver]);
+        let out = self.approve_as(proposal, approver);
         assert!(
             out.status.success(),
             "approve failed: {}",

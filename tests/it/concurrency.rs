@@ -28,19 +28,11 @@ permit (principal is Nhi::Admin, action == Nhi::Action::"approve", resource);
 "#;
 
 fn two_approver_env() -> Env {
-    let env = Env::new();
+    let mut env = Env::new();
     let policy = env.path("two.cedar");
     std::fs::write(&policy, TWO_APPROVERS).expect("write policy");
-    let config = env.path("config.toml");
-    std::fs::write(
-        &config,
-        format!("[policy]\nfiles = [\"{}\"]\n", policy.display()),
-    )
-    .expect("write config");
-    Env {
-        config: Some(config),
-        ..env
-    }
+    env.set_config(&format!("[policy]\nfiles = [\"{}\"]\n", policy.display()));
+    env
 }
 
 fn spawn(env: &Env, args: &[&str]) -> Child {
@@ -97,8 +89,22 @@ async fn two_admins_approving_at_once_issue_exactly_one_token() {
         let outs = at_once(
             &env,
             &[
-                &["approve", &id, "--approver", "bob@example.com"],
-                &["approve", &id, "--approver", "carol@example.com"],
+                &[
+                    "approve",
+                    &id,
+                    "--approver",
+                    "bob@example.com",
+                    "--key",
+                    &env.key_arg("bob@example.com"),
+                ],
+                &[
+                    "approve",
+                    &id,
+                    "--approver",
+                    "carol@example.com",
+                    "--key",
+                    &env.key_arg("carol@example.com"),
+                ],
             ],
         );
         for o in &outs {
@@ -128,6 +134,8 @@ async fn two_admins_approving_at_once_issue_exactly_one_token() {
             &id,
             "--approver",
             "dave@example.com",
+            "--key",
+            &env.key_arg("dave@example.com"),
             "--reason",
             "next round",
         ]);
@@ -155,8 +163,22 @@ async fn the_same_approver_twice_at_once_counts_once() {
     let outs = at_once(
         &env,
         &[
-            &["approve", &id, "--approver", "bob@example.com"],
-            &["approve", &id, "--approver", "bob@example.com"],
+            &[
+                "approve",
+                &id,
+                "--approver",
+                "bob@example.com",
+                "--key",
+                &env.key_arg("bob@example.com"),
+            ],
+            &[
+                "approve",
+                &id,
+                "--approver",
+                "bob@example.com",
+                "--key",
+                &env.key_arg("bob@example.com"),
+            ],
         ],
     );
     let ok: Vec<&Output> = outs.iter().filter(|o| o.status.success()).collect();
@@ -203,6 +225,8 @@ async fn a_withdrawn_approval_refuses_its_token() {
         &id,
         "--approver",
         "bob@example.com",
+        "--key",
+        &env.key_arg("bob@example.com"),
         "--reason",
         "changed my mind",
     ]);
@@ -269,6 +293,8 @@ async fn a_withdrawn_approval_refuses_its_token() {
         &id2,
         "--approver",
         "bob@example.com",
+        "--key",
+        &env.key_arg("bob@example.com"),
         "--reason",
         "late",
     ]);
@@ -295,6 +321,8 @@ async fn withdrawal_and_apply_at_once_exactly_one_wins() {
                 &id,
                 "--approver",
                 "bob@example.com",
+                "--key",
+                &env.key_arg("bob@example.com"),
                 "--reason",
                 "race",
             ],

@@ -60,7 +60,14 @@ async fn every_file_in_the_data_dir_is_private_under_umask_000() {
     let (identity, credential) = common::rotation_target(&client).await;
     let proposal = common::propose(&client, &identity, &credential).await;
     let approve = under_umask(
-        &env.command(&["approve", &proposal, "--approver", "alice"]),
+        &env.command(&[
+            "approve",
+            &proposal,
+            "--approver",
+            "alice@example.com",
+            "--key",
+            &env.key_arg("alice@example.com"),
+        ]),
         "000",
     )
     .output()

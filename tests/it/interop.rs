@@ -25,6 +25,10 @@ fn python_workflow(env: &Env, extra: &[&str]) -> Value {
         .arg(BIN)
         .arg("--data-dir")
         .arg(&env.data)
+        .arg("--config")
+        .arg(env.config.as_ref().expect("config"))
+        .arg("--approver-key")
+        .arg(env.key("alice@example.com"))
         .args(extra)
         .output()
         .expect("run python");

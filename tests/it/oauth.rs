@@ -414,6 +414,10 @@ fn python_sdk_with_a_bearer_header() {
         .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/workflow.py"))
         .args(["--binary", BIN, "--data-dir"])
         .arg(&env.data)
+        .arg("--config")
+        .arg(env.config.as_ref().expect("config"))
+        .arg("--approver-key")
+        .arg(env.key("alice@example.com"))
         .args([
             "--http",
             &server.url,

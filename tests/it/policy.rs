@@ -131,19 +131,14 @@ async fn policy_scenarios() {
 
 #[test]
 fn an_invalid_policy_stops_the_server_naming_the_policy() {
-    let env = Env::new();
+    let env = Env::with_raw_config("[policy]\nfiles = [\"bad.cedar\"]\n");
     let bad = env.path("bad.cedar");
     std::fs::write(
         &bad,
         "@id(\"typo\")\npermit (principal is Nhi::Agent, action == Nhi::Action::\"read\", resource)\nwhen { resource.enviroment == \"prod\" };\n",
     )
     .expect("write");
-    let cfg = env.path("config.toml");
-    std::fs::write(&cfg, format!("[policy]\nfiles = [\"{}\"]\n", bad.display())).expect("write");
-    let out = env
-        .command(&["--config", cfg.to_str().expect("utf8"), "serve"])
-        .output()
-        .expect("run");
+    let out = env.command(&["serve"]).output().expect("run");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -153,10 +148,7 @@ fn an_invalid_policy_stops_the_server_naming_the_policy() {
     );
 
     std::fs::write(&bad, "permit (principal, action, resource").expect("write");
-    let out = env
-        .command(&["--config", cfg.to_str().expect("utf8"), "config", "check"])
-        .output()
-        .expect("run");
+    let out = env.command(&["config", "check"]).output().expect("run");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.cedar"));
 }

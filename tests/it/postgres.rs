@@ -77,19 +77,18 @@ fn pg_env() -> Env {
     let env = Env::new();
     let url_file = env.path("pg-url");
     std::fs::write(&url_file, admin_url()).expect("url file");
-    let config = env.path("config.toml");
+    // The providers go before the `[[approvers]]` the harness configured.
+    let config = env.config.clone().expect("config");
+    let approvers = std::fs::read_to_string(&config).expect("config");
     std::fs::write(
         &config,
         format!(
-            "[[providers]]\nname = \"pg\"\nkind = \"postgres\"\nurl_file = \"{}\"\n",
+            "[[providers]]\nname = \"pg\"\nkind = \"postgres\"\nurl_file = \"{}\"\n{approvers}",
             url_file.display()
         ),
     )
     .expect("config");
-    Env {
-        config: Some(config),
-        ..env
-    }
+    env
 }
 
 fn identity_id(role: &str) -> String {

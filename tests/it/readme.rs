@@ -68,13 +68,19 @@ fn run_shell(env: &Env, cmd: &str) -> String {
     // One file for stdout and stderr, so their lines keep their order.
     let out_path = env.path("readme.out");
     let out = std::fs::File::create(&out_path).expect("out");
-    let status = std::process::Command::new("sh")
+    let mut sh = std::process::Command::new("sh");
+    // The examples run on the embedded demo defaults, as the README shows them; an approval
+    // also needs the approvers, which the harness's config names (tests/it/common.rs).
+    match env.config.as_ref().filter(|_| cmd.contains("--key")) {
+        Some(config) => sh.env("NHI_MCP_CONFIG", config),
+        None => sh.env_remove("NHI_MCP_CONFIG"),
+    };
+    let status = sh
         .arg("-c")
         .arg(cmd)
         .current_dir(env.dir.path())
         .env("PATH", path)
         .env("NHI_MCP_DATA_DIR", &env.data)
-        .env_remove("NHI_MCP_CONFIG")
         .env_remove("NHI_MCP_LOG")
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("dup"))
@@ -192,7 +198,11 @@ fn matches(expected: &[String], actual: &[String]) -> bool {
 fn check_block(env: &Env, block: &Block, proposal: &str) {
     let data = env.data.display().to_string();
     for (cmd, expected) in &block.commands {
-        let cmd = cmd.replace(README_PROPOSAL, proposal);
+        // The README's approver keeps her key under ~/.config; the harness keeps it in its dir.
+        let cmd = cmd.replace(README_PROPOSAL, proposal).replace(
+            "~/.config/nhi-mcp/alice.key",
+            &env.key("alice@example.com").display().to_string(),
+        );
         let actual = run_shell(env, &cmd);
         let norm = |lines: &mut dyn Iterator<Item = &str>| -> Vec<String> {
             lines
@@ -263,7 +273,20 @@ async fn readme_console_examples_are_what_the_binary_prints() {
             "README lost its checked block `{want}`: {names:?}"
         );
     }
-    let env = Env::new();
+    let mut env = Env::new();
+    // The self-approval example: the requester is an approver too, with `agent.key` in the
+    // working directory, and is still refused.
+    let public = nhi_mcp::authz::approvers::generate_key_file(&env.path("agent.key")).expect("key");
+    let agent_pub = env.path("agent.pub");
+    std::fs::write(
+        &agent_pub,
+        nhi_mcp::authz::approvers::public_key_pem(&public).expect("pem"),
+    )
+    .expect("write");
+    env.set_config(&format!(
+        "[[approvers]]\nid = \"agent:local\"\npublic_key_file = \"{}\"\n",
+        agent_pub.display()
+    ));
     // The walkthrough's step 2, done by an agent over MCP.
     let client = env.stdio().await;
     let proposed = client

@@ -290,17 +290,21 @@ async fn reject_and_multi_approver_paths() {
     let id = propose(&client, &identity, &credential).await;
 
     // First approval: recorded, no token yet.
-    let first = env.cli(&["approve", &id, "--approver", "alice@example.com"]);
+    let first = env.approve_as(&id, "alice@example.com");
     assert!(first.status.success());
     assert!(first.stdout.is_empty(), "no token before the last approval");
     assert!(String::from_utf8_lossy(&first.stderr).contains("1 of 2"));
     // The same approver twice does not count twice.
-    let twice = env.cli(&["approve", &id, "--approver", "alice@example.com"]);
+    let twice = env.approve_as(&id, "alice@example.com");
     assert_eq!(twice.status.code(), Some(1));
     // The requester can never approve.
-    let selfie = env.cli(&["approve", &id, "--approver", "agent:local"]);
+    let selfie = env.approve_with_key(&id, "agent:local", &env.key("alice@example.com"));
     assert_eq!(selfie.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&selfie.stderr).contains("cannot approve"));
+    assert!(
+        String::from_utf8_lossy(&selfie.stderr).contains("not a configured approver"),
+        "{}",
+        String::from_utf8_lossy(&selfie.stderr)
+    );
     let token = env.approve(&id, "bob@example.com");
     assert!(!token.is_empty());
 
@@ -313,20 +317,13 @@ async fn reject_and_multi_approver_paths() {
         .await
         .ok();
     let other_id = other["proposal"]["id"].as_str().expect("id").to_owned();
-    let rej = env.cli(&[
-        "reject",
-        &other_id,
-        "--approver",
-        "carol@example.com",
-        "--reason",
-        "not now",
-    ]);
+    let rej = env.reject_as(&other_id, "carol@example.com", "not now");
     assert!(
         rej.status.success(),
         "{}",
         String::from_utf8_lossy(&rej.stderr)
     );
-    let late = env.cli(&["approve", &other_id, "--approver", "alice@example.com"]);
+    let late = env.approve_as(&other_id, "alice@example.com");
     assert_eq!(late.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&late.stderr).contains("rejected"));
     let shown = env.cli(&["proposals", "show", &other_id]);

@@ -4,12 +4,14 @@
 A real third-party client, not our own: it checks that what rmcp puts on the wire
 (handshake, tool schemas, structured content, tool errors) is what another SDK accepts.
 
-    workflow.py --binary PATH --data-dir DIR [--http URL] [--header 'Name: value'] [--mode auto|legacy]
+    workflow.py --binary PATH --data-dir DIR --config FILE --approver-key FILE [--http URL]
+                [--header 'Name: value'] [--mode auto|legacy]
 
 Over stdio it launches `PATH --data-dir DIR serve`; with --http it connects to URL
 (Streamable HTTP) and expects the caller to have started the server on the same DIR.
-Approval goes through the CLI (`PATH --data-dir DIR approve ID --approver ...`), as a
-human would. Prints ONE JSON object on stdout; on any unexpected result it prints
+Approval goes through the CLI (`PATH --data-dir DIR --config FILE approve ID --approver ...
+--key FILE`), as a human would: FILE's `[[approvers]]` must name the approver with the key's
+public half. Prints ONE JSON object on stdout; on any unexpected result it prints
 `workflow.py: FAIL: ...` on stderr and exits 1.
 """
 
@@ -52,9 +54,12 @@ async def call(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any
     return sc
 
 
-async def approve(binary: str, data_dir: str, proposal_id: str) -> str:
+async def approve(args: argparse.Namespace, proposal_id: str) -> str:
     """Approve through the CLI, as the human approver does; its stdout is the token alone."""
-    cmd = [binary, "--data-dir", data_dir, "approve", proposal_id, "--approver", APPROVER]
+    cmd = [
+        args.binary, "--data-dir", args.data_dir, "--config", args.config,
+        "approve", proposal_id, "--approver", APPROVER, "--key", args.approver_key,
+    ]
     done = await anyio.run_process(cmd, check=False)
     check(
         done.returncode == 0,
@@ -132,7 +137,7 @@ async def workflow(client: Client, args: argparse.Namespace) -> dict[str, Any]:
     out["proposal_id"] = proposal_id
 
     # f. a human approves out of band
-    token = await approve(args.binary, args.data_dir, proposal_id)
+    token = await approve(args, proposal_id)
 
     # g.
     applied = await call(client, "apply_proposal", {"proposal_id": proposal_id, "approval_token": token})
@@ -162,7 +167,9 @@ def make_client(args: argparse.Namespace) -> Client:
         server: Any = streamable_http_client(args.http, http_client=http)
     else:
         server = StdioServerParameters(
-            command=args.binary, args=["--data-dir", args.data_dir, "serve"], env=dict(args.env)
+            command=args.binary,
+            args=["--data-dir", args.data_dir, "--config", args.config, "serve"],
+            env=dict(args.env),
         )
     return Client(server, mode=args.mode, read_timeout_seconds=TIMEOUT_S)
 
@@ -184,6 +191,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--binary", required=True, help="path to the nhi-mcp binary")
     p.add_argument("--data-dir", required=True, help="the server's --data-dir (already seeded)")
+    p.add_argument("--config", required=True, help="the server's --config, naming the approver")
+    p.add_argument("--approver-key", required=True, help=f"the private key of approver {APPROVER}")
     p.add_argument("--http", metavar="URL", help="connect to a running server at URL instead of stdio")
     p.add_argument("--header", action="append", default=[], help="'Name: value' sent with every HTTP request")
     p.add_argument(
