@@ -86,6 +86,9 @@ struct RawAuth {
     audience: Option<String>,
     jwks_uri: Option<String>,
     leeway: Option<String>,
+    max_token_lifetime: Option<String>,
+    require_typ: Option<String>,
+    refusal_audit_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -419,11 +422,40 @@ fn validate(
             if leeway > Duration::from_secs(300) {
                 return Err(invalid("`auth.leeway` may be at most 5m"));
             }
+            let max_token_lifetime = match a.max_token_lifetime.as_deref() {
+                Some(raw) => parse_duration("auth.max_token_lifetime", raw)?,
+                None => crate::auth::DEFAULT_MAX_TOKEN_LIFETIME,
+            };
+            if max_token_lifetime < Duration::from_secs(1) {
+                return Err(invalid("`auth.max_token_lifetime` must be at least 1s"));
+            }
+            if let Some(t) = &a.require_typ
+                && (t.trim().is_empty() || t.trim() != t)
+            {
+                return Err(invalid(format!(
+                    "`auth.require_typ` = {} must be a media type like `at+jwt`",
+                    quote_input(t)
+                )));
+            }
+            let refusal_audit_interval = match a.refusal_audit_interval.as_deref() {
+                Some(raw) => parse_duration("auth.refusal_audit_interval", raw)?,
+                None => crate::auth::DEFAULT_REFUSAL_AUDIT_INTERVAL,
+            };
+            if refusal_audit_interval < Duration::from_secs(1)
+                || refusal_audit_interval > Duration::from_secs(3600)
+            {
+                return Err(invalid(
+                    "`auth.refusal_audit_interval` must be between 1s and 1h",
+                ));
+            }
             Some(crate::auth::AuthConfig {
                 issuer,
                 audience: a.audience.unwrap_or(resource),
                 jwks_uri: a.jwks_uri,
                 leeway,
+                max_token_lifetime,
+                require_typ: a.require_typ,
+                refusal_audit_interval,
             })
         }
     };
