@@ -917,4 +917,32 @@ mod tests {
         };
         assert_eq!(p, Path::new("/etc/nhi/inv.toml"));
     }
+
+    #[test]
+    fn auth_token_and_refusal_settings() {
+        let base = "[http]\nresource = \"https://nhi.example.com/mcp\"\n[auth]\nissuer = \"https://idp.example.com\"\n";
+        let auth = |extra: &str| load(&format!("{base}{extra}")).map(|c| c.http.auth.unwrap());
+        let d = auth("").unwrap();
+        assert_eq!(d.max_token_lifetime, Duration::from_secs(86_400));
+        assert_eq!(d.require_typ, None);
+        assert_eq!(d.refusal_audit_interval, Duration::from_secs(60));
+        let c = auth("max_token_lifetime = \"1h\"\nrequire_typ = \"at+jwt\"\nrefusal_audit_interval = \"5s\"\n").unwrap();
+        assert_eq!(c.max_token_lifetime, Duration::from_secs(3600));
+        assert_eq!(c.require_typ.as_deref(), Some("at+jwt"));
+        assert_eq!(c.refusal_audit_interval, Duration::from_secs(5));
+        for (extra, expect) in [
+            ("max_token_lifetime = \"0s\"\n", "at least 1s"),
+            (
+                "max_token_lifetime = \"forever\"\n",
+                "`auth.max_token_lifetime`",
+            ),
+            ("require_typ = \"\"\n", "`auth.require_typ`"),
+            ("require_typ = \" at+jwt\"\n", "`auth.require_typ`"),
+            ("refusal_audit_interval = \"0s\"\n", "between 1s and 1h"),
+            ("refusal_audit_interval = \"2h\"\n", "between 1s and 1h"),
+        ] {
+            let err = auth(extra).unwrap_err();
+            assert!(err.contains(expect), "{extra}: `{err}`");
+        }
+    }
 }
