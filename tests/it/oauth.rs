@@ -1045,3 +1045,48 @@ async fn two_hosts(url: &str, token: &str) -> u16 {
     .await
     .expect("raw request")
 }
+
+#[tokio::test]
+async fn one_principal_cannot_hold_more_than_a_hundred_sessions() {
+    let idp = Idp::start();
+    let env = Env::with_config(&idp.config(""));
+    let server = env.http_server();
+    let hog = idp
+        .token("agent", "nhi:read nhi:propose nhi:apply", RESOURCE)
+        .await;
+    let other = idp.token("reader", "nhi:read", RESOURCE).await;
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        let r = post(&server.url, Some(&hog), &init()).await;
+        assert_eq!(r.status(), 200);
+        ids.push(
+            r.headers()
+                .get("mcp-session-id")
+                .expect("session")
+                .to_str()
+                .expect("ascii")
+                .to_owned(),
+        );
+    }
+    let r = post(&server.url, Some(&hog), &init()).await;
+    assert_eq!(r.status(), 503, "the 101st session");
+    assert!(r.headers().get("mcp-session-id").is_none());
+    // Another principal is not locked out.
+    assert_eq!(post(&server.url, Some(&other), &init()).await.status(), 200);
+    // Ending one makes room again.
+    let r = reqwest::Client::new()
+        .delete(&server.url)
+        .bearer_auth(&hog)
+        .header("Mcp-Session-Id", &ids[0])
+        .header("MCP-Protocol-Version", "2025-06-18")
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204);
+    assert_eq!(post(&server.url, Some(&hog), &init()).await.status(), 200);
+    drop(server);
+    let audit = env.audit();
+    assert!(audit.iter().any(|r| r["principal"] == "agent"
+        && r["decision"] == "deny"
+        && r["reason"] == "too many open sessions"));
+}
