@@ -107,6 +107,9 @@ struct RawAuth {
     audience: Option<String>,
     jwks_uri: Option<String>,
     leeway: Option<String>,
+    max_token_lifetime: Option<String>,
+    require_typ: Option<String>,
+    refusal_audit_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -503,11 +506,40 @@ fn validate(
             if leeway > Duration::from_secs(300) {
                 return Err(invalid("`auth.leeway` may be at most 5m"));
             }
+            let max_token_lifetime = match a.max_token_lifetime.as_deref() {
+                Some(raw) => parse_duration("auth.max_token_lifetime", raw)?,
+                None => crate::auth::DEFAULT_MAX_TOKEN_LIFETIME,
+            };
+            if max_token_lifetime < Duration::from_secs(1) {
+                return Err(invalid("`auth.max_token_lifetime` must be at least 1s"));
+            }
+            if let Some(t) = &a.require_typ
+                && (t.trim().is_empty() || t.trim() != t)
+            {
+                return Err(invalid(format!(
+                    "`auth.require_typ` = {} must be a media type like `at+jwt`",
+                    quote_input(t)
+                )));
+            }
+            let refusal_audit_interval = match a.refusal_audit_interval.as_deref() {
+                Some(raw) => parse_duration("auth.refusal_audit_interval", raw)?,
+                None => crate::auth::DEFAULT_REFUSAL_AUDIT_INTERVAL,
+            };
+            if refusal_audit_interval < Duration::from_secs(1)
+                || refusal_audit_interval > Duration::from_secs(3600)
+            {
+                return Err(invalid(
+                    "`auth.refusal_audit_interval` must be between 1s and 1h",
+                ));
+            }
             Some(crate::auth::AuthConfig {
                 issuer,
                 audience: a.audience.unwrap_or(resource),
                 jwks_uri: a.jwks_uri,
                 leeway,
+                max_token_lifetime,
+                require_typ: a.require_typ,
+                refusal_audit_interval,
             })
         }
     };
@@ -1117,5 +1149,33 @@ mod tests {
                 .unwrap_err()
                 .contains("checkpoint")
         );
+    }
+
+    #[test]
+    fn auth_token_and_refusal_settings() {
+        let base = "[http]\nresource = \"https://nhi.example.com/mcp\"\n[auth]\nissuer = \"https://idp.example.com\"\n";
+        let auth = |extra: &str| load(&format!("{base}{extra}")).map(|c| c.http.auth.unwrap());
+        let d = auth("").unwrap();
+        assert_eq!(d.max_token_lifetime, Duration::from_secs(86_400));
+        assert_eq!(d.require_typ, None);
+        assert_eq!(d.refusal_audit_interval, Duration::from_secs(60));
+        let c = auth("max_token_lifetime = \"1h\"\nrequire_typ = \"at+jwt\"\nrefusal_audit_interval = \"5s\"\n").unwrap();
+        assert_eq!(c.max_token_lifetime, Duration::from_secs(3600));
+        assert_eq!(c.require_typ.as_deref(), Some("at+jwt"));
+        assert_eq!(c.refusal_audit_interval, Duration::from_secs(5));
+        for (extra, expect) in [
+            ("max_token_lifetime = \"0s\"\n", "at least 1s"),
+            (
+                "max_token_lifetime = \"forever\"\n",
+                "`auth.max_token_lifetime`",
+            ),
+            ("require_typ = \"\"\n", "`auth.require_typ`"),
+            ("require_typ = \" at+jwt\"\n", "`auth.require_typ`"),
+            ("refusal_audit_interval = \"0s\"\n", "between 1s and 1h"),
+            ("refusal_audit_interval = \"2h\"\n", "between 1s and 1h"),
+        ] {
+            let err = auth(extra).unwrap_err();
+            assert!(err.contains(expect), "{extra}: `{err}`");
+        }
     }
 }

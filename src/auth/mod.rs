@@ -1,7 +1,9 @@
 //! Who is calling over HTTP: an OAuth 2.1 resource server. Bearer JWTs are validated against the
 //! issuer's JWKS (fetched, cached, refreshed on an unknown `kid` at most once per
 //! `JWKS_REFRESH_INTERVAL`), with an algorithm allow-list, `iss`, `aud` (this server's resource
-//! URI, RFC 8707), `exp` and `nbf`. Scopes come from `scope` or `scp`.
+//! URI, RFC 8707), `exp` and `nbf`. Scopes come from `scope` or `scp`. A token must name a
+//! subject that is not blank, may live at most `max_token_lifetime` (`exp - iat`, or `exp - now`
+//! without `iat`), and, with `require_typ`, must carry that JOSE `typ` (RFC 9068 `at+jwt`).
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,12 @@ pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// Clock skew tolerated on `exp` and `nbf` unless `[auth] leeway` says otherwise.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 
+/// The longest a token may be valid unless `[auth] max_token_lifetime` says otherwise.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// The interval over which refusals without a valid token from one source share one record.
+pub const DEFAULT_REFUSAL_AUDIT_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Keys older than this are fetched again, so a key the issuer withdrew stops being trusted.
 pub const JWKS_MAX_AGE: Duration = Duration::from_secs(600);
 
@@ -35,6 +43,14 @@ pub struct AuthConfig {
     pub jwks_uri: Option<String>,
     /// Clock skew tolerated on `exp` and `nbf`.
     pub leeway: Duration,
+    /// The longest validity a token may claim: `exp - iat`, or `exp - now` without `iat`.
+    pub max_token_lifetime: Duration,
+    /// The JOSE `typ` every token must carry (RFC 9068: `at+jwt`), compared without case and
+    /// with an `application/` prefix allowed.
+    pub require_typ: Option<String>,
+    /// Repeated refusals of requests without a valid token from one source are audited as one
+    /// counted record per interval.
+    pub refusal_audit_interval: Duration,
 }
 
 /// Why a request was not authenticated. Messages never contain the token.
@@ -69,6 +85,8 @@ enum ScopeList {
 #[derive(Deserialize)]
 struct BearerClaims {
     sub: Option<String>,
+    exp: i64,
+    iat: Option<i64>,
     scope: Option<ScopeList>,
     scp: Option<ScopeList>,
     client_id: Option<String>,
@@ -191,6 +209,10 @@ impl Authenticator {
         &self.config.audience
     }
 
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
+    }
+
     /// The principal a bearer token stands for.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
         let invalid = |m: &str| AuthError::Invalid(m.to_owned());
@@ -212,6 +234,17 @@ impl Authenticator {
             return Err(AuthError::Invalid(format!(
                 "the token is signed with {:?}, which is not allowed (RS256, ES256, EdDSA)",
                 header.alg
+            )));
+        }
+        if let Some(required) = &self.config.require_typ
+            && !typ_matches(header.typ.as_deref(), required)
+        {
+            return Err(AuthError::Invalid(format!(
+                "the token's type is {}, not `{required}`",
+                header
+                    .typ
+                    .as_deref()
+                    .map_or_else(|| "missing".to_owned(), crate::model::quote_input)
             )));
         }
         let key = self.key_for(header.kid.as_deref(), header.alg).await?;
@@ -236,11 +269,25 @@ impl Authenticator {
             })
         })?;
         let claims = data.claims;
+        let lifetime = claims
+            .exp
+            .saturating_sub(claims.iat.unwrap_or_else(|| chrono::Utc::now().timestamp()));
+        let max = self.config.max_token_lifetime.as_secs();
+        if lifetime > i64::try_from(max).unwrap_or(i64::MAX) {
+            return Err(AuthError::Invalid(format!(
+                "the token is valid for {}, longer than the {} this server accepts",
+                humantime::format_duration(Duration::from_secs(lifetime.unsigned_abs())),
+                humantime::format_duration(self.config.max_token_lifetime)
+            )));
+        }
         let client = claims.client_id.or(claims.azp);
         let subject = claims
             .sub
             .or_else(|| client.clone())
             .ok_or_else(|| invalid("the token names no subject"))?;
+        if subject.trim().is_empty() {
+            return Err(invalid("the token's subject is empty"));
+        }
         let raw_scopes: Vec<String> = match claims.scope.or(claims.scp) {
             Some(ScopeList::Space(s)) => s.split_whitespace().map(str::to_owned).collect(),
             Some(ScopeList::List(v)) => v,
@@ -317,6 +364,18 @@ impl Authenticator {
     }
 }
 
+/// Whether a JOSE `typ` is `required`: compared without case, `application/` optional
+/// (RFC 7515 §4.1.9, RFC 9068 §2.1).
+fn typ_matches(typ: Option<&str>, required: &str) -> bool {
+    fn bare(t: &str) -> &str {
+        match t.get(..12) {
+            Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &t[12..],
+            _ => t,
+        }
+    }
+    typ.is_some_and(|t| bare(t).eq_ignore_ascii_case(bare(required)))
+}
+
 /// Where an issuer's metadata may be: RFC 8414 inserts the well-known path between host and
 /// path; OpenID Connect appends it.
 pub(crate) fn metadata_urls(issuer: &str) -> Vec<String> {
@@ -374,6 +433,10 @@ mod tests {
     }
 
     fn issuer() -> Issuer {
+        issuer_with(|_| {})
+    }
+
+    fn issuer_with(adjust: impl FnOnce(&mut AuthConfig)) -> Issuer {
         let signing = SigningKey::generate(&mut rand::rngs::OsRng);
         let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(signing.verifying_key().as_bytes());
@@ -387,7 +450,12 @@ mod tests {
             audience: "https://nhi.test/mcp".into(),
             jwks_uri: None,
             leeway: DEFAULT_LEEWAY,
+            max_token_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
+            require_typ: None,
+            refusal_audit_interval: DEFAULT_REFUSAL_AUDIT_INTERVAL,
         };
+        let mut config = config;
+        adjust(&mut config);
         Issuer {
             encoding: EncodingKey::from_ed_der(der.as_bytes()),
             // Nothing listens there: a refresh fails and the key set stays as it was.
@@ -396,9 +464,128 @@ mod tests {
     }
 
     fn token(i: &Issuer, kid: &str, claims: serde_json::Value) -> String {
+        typed_token(i, kid, Some("JWT"), claims)
+    }
+
+    fn typed_token(i: &Issuer, kid: &str, typ: Option<&str>, claims: serde_json::Value) -> String {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(kid.to_owned());
+        header.typ = typ.map(str::to_owned);
         jsonwebtoken::encode(&header, &claims, &i.encoding).expect("sign")
+    }
+
+    async fn refusal(i: &Issuer, token: &str) -> Option<String> {
+        i.auth
+            .authenticate(token)
+            .await
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    // oidc-provider cannot issue a blank subject or a ten-year token: these are signed locally.
+    #[tokio::test]
+    async fn blank_subjects_are_refused() {
+        let i = issuer();
+        for sub in ["", " ", "\t\n", "\u{3000}", "\u{00a0}"] {
+            let mut c = claims(300, 0);
+            c["sub"] = json!(sub);
+            let e = refusal(&i, &token(&i, "k1", c)).await;
+            assert_eq!(
+                e.as_deref(),
+                Some("the token's subject is empty"),
+                "{sub:?}"
+            );
+        }
+        // No `sub`: the client stands for itself, unless it is blank too.
+        let mut c = claims(300, 0);
+        c.as_object_mut().expect("object").remove("sub");
+        assert_eq!(
+            i.auth
+                .authenticate(&token(&i, "k1", c.clone()))
+                .await
+                .expect("client")
+                .id,
+            "ci"
+        );
+        c["client_id"] = json!(" ");
+        assert!(
+            refusal(&i, &token(&i, "k1", c))
+                .await
+                .is_some_and(|e| e.contains("empty"))
+        );
+    }
+
+    #[tokio::test]
+    async fn lifetimes_beyond_the_cap_are_refused() {
+        let i = issuer_with(|c| c.max_token_lifetime = Duration::from_secs(3600));
+        let now = chrono::Utc::now().timestamp();
+        let with = |iat: Option<i64>, exp: i64| {
+            let mut c = claims(0, 0);
+            c["exp"] = json!(exp);
+            match iat {
+                Some(iat) => c["iat"] = json!(iat),
+                None => {
+                    c.as_object_mut().expect("object").remove("iat");
+                }
+            }
+            token(&i, "k1", c)
+        };
+        // exp - iat: the boundary is allowed, one second more is not.
+        assert_eq!(refusal(&i, &with(Some(now), now + 3600)).await, None);
+        let e = refusal(&i, &with(Some(now), now + 3601))
+            .await
+            .expect("refused");
+        assert!(e.contains("longer than the 1h"), "{e}");
+        // A token issued long ago with a long life is refused though little of it is left.
+        assert!(
+            refusal(&i, &with(Some(now - 86_400), now + 60))
+                .await
+                .is_some()
+        );
+        // Without `iat`: exp - now.
+        assert_eq!(refusal(&i, &with(None, now + 3000)).await, None);
+        assert!(
+            refusal(&i, &with(None, now + 10 * 365 * 86_400))
+                .await
+                .is_some()
+        );
+        // The default cap is 24 h: a ten-year token is refused.
+        let d = issuer();
+        let mut c = claims(10 * 365 * 86_400, 0);
+        c["iat"] = json!(now);
+        assert!(refusal(&d, &token(&d, "k1", c.clone())).await.is_some());
+        c["exp"] = json!(now + 86_400);
+        assert_eq!(refusal(&d, &token(&d, "k1", c)).await, None);
+    }
+
+    #[tokio::test]
+    async fn require_typ_accepts_only_that_type() {
+        let i = issuer_with(|c| c.require_typ = Some("at+jwt".into()));
+        for (typ, ok) in [
+            (Some("at+jwt"), true),
+            (Some("AT+JWT"), true),
+            (Some("application/at+jwt"), true),
+            (Some("Application/At+Jwt"), true),
+            (Some("JWT"), false),
+            (Some("at+jwt "), false),
+            (Some("at+jwtx"), false),
+            (Some("application/jwt"), false),
+            (Some("dpop+jwt"), false),
+            (Some("аt+jwt"), false), // Cyrillic `а`
+            (None, false),
+        ] {
+            let e = refusal(&i, &typed_token(&i, "k1", typ, claims(300, 0))).await;
+            assert_eq!(e.is_none(), ok, "{typ:?}: {e:?}");
+            if let Some(e) = e {
+                assert!(e.contains("type"), "{e}");
+            }
+        }
+        // Without the option, any type passes.
+        let any = issuer();
+        assert_eq!(
+            refusal(&any, &typed_token(&any, "k1", None, claims(300, 0))).await,
+            None
+        );
     }
 
     fn claims(offset_exp: i64, offset_nbf: i64) -> serde_json::Value {

@@ -2,6 +2,7 @@
 //! Transports and tool handlers call in here and stay thin; this module knows nothing of MCP,
 //! HTTP or SQL.
 
+mod admin_read;
 mod cursor;
 mod execute;
 mod inventory;

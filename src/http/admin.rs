@@ -1,6 +1,10 @@
 //! The admin API, for humans with `nhi:approve` tokens from the same issuer: list and show
 //! proposals, approve (the approval token goes back to the approving admin only), reject.
 //! JSON in and out; errors are `{"error": "…"}` with a fitting status.
+//!
+//! Reads are audited and filtered by policy: an admin sees the proposals policy lets them
+//! approve or reject; any other is answered like a missing one (404). The routes get the same
+//! `Host`/`Origin` checks as `/mcp` (`origin::guard`, applied in `http::build`).
 
 use std::sync::Arc;
 
@@ -41,6 +45,7 @@ async fn require_approver(
     let principal = match state
         .authenticate(
             request.headers(),
+            super::bearer::source(&request),
             &action,
             &Value::Null,
             Scope::Approve.as_str(),
@@ -93,7 +98,11 @@ struct ListParams {
     limit: Option<u32>,
 }
 
-async fn list(State(state): State<Arc<AuthState>>, Query(params): Query<ListParams>) -> Response {
+async fn list(
+    State(state): State<Arc<AuthState>>,
+    Extension(admin): Extension<Principal>,
+    Query(params): Query<ListParams>,
+) -> Response {
     let status = match params
         .status
         .as_deref()
@@ -109,7 +118,7 @@ async fn list(State(state): State<Arc<AuthState>>, Query(params): Query<ListPara
         cursor: params.cursor,
         limit: params.limit,
     };
-    match state.engine.proposals_page(&query).await {
+    match state.engine.admin_proposals(&admin, &query).await {
         Ok(page) => {
             Json(json!({"proposals": page.items, "next_cursor": page.next_cursor})).into_response()
         }
@@ -117,12 +126,16 @@ async fn list(State(state): State<Arc<AuthState>>, Query(params): Query<ListPara
     }
 }
 
-async fn show(State(state): State<Arc<AuthState>>, Path(id): Path<String>) -> Response {
+async fn show(
+    State(state): State<Arc<AuthState>>,
+    Extension(admin): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
     let id = match proposal_id(&id) {
         Ok(id) => id,
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
-    match state.engine.proposal(&id).await {
+    match state.engine.admin_proposal(&admin, &id).await {
         Ok(p) => Json(json!({"proposal": p})).into_response(),
         Err(e) => engine_error(e),
     }

@@ -5,23 +5,34 @@
 //! - A valid token without the scope a tool needs: 403 with `error="insufficient_scope"` and the
 //!   scope, so the client can step up.
 //!
-//! Every refusal is audited.
+//! Every refusal is audited; refusals without a valid token are counted per source and
+//! interval (`refusals`), so they cannot fill the disk.
+//!
+//! After authentication, the layer binds MCP sessions to their principal (`session`): a request
+//! with another principal's `Mcp-Session-Id` is answered like an unknown session and audited.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+
+use super::refusals::{Refusals, Summary};
+use super::session::{self, Check, Owner, Sessions};
 use crate::auth::{AuthError, Authenticator};
 use crate::authz::{Principal, Scope};
 use crate::engine::{Caller, Engine};
+use crate::model::quote_input;
 
 /// The largest request body the layer reads to find the tool being called.
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -31,16 +42,66 @@ pub struct AuthState {
     pub auth: Arc<Authenticator>,
     pub resource: String,
     pub metadata_url: String,
+    pub sessions: Sessions,
+    pub refusals: Refusals,
+}
+
+/// The peer address of a request, when the server was started with connection info.
+pub fn source(request: &Request) -> Option<IpAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
 }
 
 impl AuthState {
-    pub fn new(engine: Arc<Engine>, auth: Arc<Authenticator>, resource: &str) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        auth: Arc<Authenticator>,
+        resource: &str,
+        sessions: Arc<LocalSessionManager>,
+    ) -> Self {
+        let interval = auth.config().refusal_audit_interval;
         Self {
             engine,
             auth,
             resource: resource.to_owned(),
             metadata_url: metadata_url(resource),
+            sessions: Sessions::new(sessions),
+            refusals: Refusals::new(interval),
         }
+    }
+
+    /// Writes the counted records of the refusal intervals that are over (all with `all`).
+    pub async fn flush_refusals(&self, all: bool) {
+        for s in self.refusals.flush(Instant::now(), all) {
+            self.audit_summary(&s).await;
+        }
+    }
+
+    async fn audit_summary(&self, s: &Summary) {
+        let source = s
+            .source
+            .map_or_else(|| "other sources".to_owned(), |ip| format!("`{ip}`"));
+        let reason = format!(
+            "{} more requests without a valid bearer token from {source} between {} and {} (the last: {})",
+            s.count,
+            s.from.to_rfc3339(),
+            s.to.to_rfc3339(),
+            s.last_reason
+        );
+        let arguments = json!({
+            "source": s.source.map(|ip| ip.to_string()),
+            "count": s.count,
+            "from": s.from.to_rfc3339(),
+            "to": s.to.to_rfc3339(),
+        });
+        let caller = Caller::new(
+            &Principal::new("unauthenticated", []),
+            "refusals_counted",
+            arguments,
+        );
+        self.engine.audit_denied(&caller, &reason).await;
     }
 
     /// The `WWW-Authenticate` challenge: `error` is absent when no token was sent.
@@ -62,6 +123,7 @@ impl AuthState {
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
+        source: Option<IpAddr>,
         action: &str,
         arguments: &Value,
         scope: &str,
@@ -86,8 +148,18 @@ impl AuthState {
                 } else {
                     "unauthenticated"
                 };
-                let caller = Caller::new(&Principal::new(who, []), action, arguments.clone());
-                self.engine.audit_denied(&caller, &e.to_string()).await;
+                let verdict = self.refusals.note(source, Instant::now(), &e.to_string());
+                for s in &verdict.summaries {
+                    self.audit_summary(s).await;
+                }
+                if verdict.record {
+                    let caller = Caller::new(&Principal::new(who, []), action, arguments.clone());
+                    let reason = match source {
+                        Some(ip) => format!("{e}; from `{ip}`"),
+                        None => e.to_string(),
+                    };
+                    self.engine.audit_denied(&caller, &reason).await;
+                }
                 let error = match &e {
                     AuthError::Missing => None,
                     AuthError::Invalid(m) => Some(("invalid_token", m.as_str())),
@@ -141,12 +213,13 @@ pub fn metadata_url(resource: &str) -> String {
     }
 }
 
-/// The middleware around `/mcp`.
+/// The middleware around `/mcp`: bearer token, scope, and the session's owner.
 pub async fn require_bearer(
     State(state): State<Arc<AuthState>>,
     request: Request,
     next: Next,
 ) -> Response {
+    let peer = source(&request);
     let (mut parts, body) = request.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
         return (
@@ -162,7 +235,7 @@ pub async fn require_bearer(
     };
     let scope = needed.first().copied().unwrap_or(Scope::Read);
     let principal = match state
-        .authenticate(&parts.headers, action, &arguments, scope.as_str())
+        .authenticate(&parts.headers, peer, action, &arguments, scope.as_str())
         .await
     {
         Ok(p) => p,
@@ -173,9 +246,77 @@ pub async fn require_bearer(
             .insufficient_scope(&principal, action, &arguments, scope)
             .await;
     }
+    let who = Owner::of(&principal);
+    let method = parts.method.clone();
+    let Ok(session_id) = session::session_id(&parts.headers) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "send one `Mcp-Session-Id` header, in text"})),
+        )
+            .into_response();
+    };
+    let action = match &call {
+        Some(_) => action.to_owned(),
+        None => format!("mcp {method}"),
+    };
+    match &session_id {
+        Some(id) => match state.sessions.check(id, &who).await {
+            Check::Own => {}
+            Check::Unknown => return session::not_found(),
+            refused => {
+                let reason = match refused {
+                    Check::Foreign(owner) => format!(
+                        "the session belongs to another principal ({})",
+                        quote_input(&owner.subject)
+                    ),
+                    _ => "the session is bound to no principal".to_owned(),
+                };
+                let caller = Caller::new(&principal, &action, arguments);
+                state.engine.audit_denied(&caller, &reason).await;
+                return session::not_found();
+            }
+        },
+        None => {
+            if method == Method::POST
+                && session::is_initialize(&bytes)
+                && !state.sessions.has_room(&who).await
+            {
+                let caller = Caller::new(&principal, &action, arguments);
+                state
+                    .engine
+                    .audit_denied(&caller, "too many open sessions")
+                    .await;
+                return session::too_many();
+            }
+        }
+    }
     parts.extensions.insert(principal);
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    match session_id {
+        Some(id) => {
+            if method == Method::DELETE && response.status().is_success() {
+                state.sessions.unbind(&id);
+            } else if response.status() == StatusCode::NOT_FOUND {
+                state.sessions.unbind_if_gone(&id).await;
+            }
+        }
+        None => {
+            let created = response
+                .headers()
+                .get(session::SESSION_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            if let Some(id) = created
+                && !state.sessions.bind(&id, &who).await
+            {
+                state.sessions.close(&id).await;
+                return session::too_many();
+            }
+        }
+    }
+    response
 }
 
 /// `/.well-known/oauth-protected-resource` and its `/mcp` form.

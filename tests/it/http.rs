@@ -90,3 +90,57 @@ async fn one_server_per_data_dir() {
         "{err}"
     );
 }
+
+#[test]
+fn python_sdk_ends_its_session_without_a_warning() {
+    let env = Env::new();
+    let server = env.http_server();
+    // `legacy` negotiates 2025-11-25, which has sessions; the SDK ends its session with DELETE
+    // and warns unless the answer is 200 or 204 (rmcp's own is 202).
+    let out = std::process::Command::new(peer_path("NHI_TEST_PYTHON"))
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/workflow.py"))
+        .args(["--binary", BIN, "--data-dir"])
+        .arg(&env.data)
+        .args(["--mode", "legacy", "--http", &server.url])
+        .output()
+        .expect("python");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["status"], "applied");
+    assert_eq!(report["protocol_version"], "2025-11-25");
+    assert!(
+        !stderr.contains("Session termination failed"),
+        "the SDK warned on DELETE: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn delete_answers_no_content() {
+    let env = Env::new();
+    let server = env.http_server();
+    let r = post(&server.url, None, &init()).await;
+    let id = r
+        .headers()
+        .get("mcp-session-id")
+        .expect("session")
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let delete = reqwest::Client::new()
+        .delete(&server.url)
+        .header("Mcp-Session-Id", &id)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(delete.status(), 204);
+    let again = reqwest::Client::new()
+        .post(&server.url)
+        .header("Mcp-Session-Id", &id)
+        .header("Accept", "application/json, text/event-stream")
+        .json(&call("list_identities", json!({})))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(again.status(), 404, "the session is gone");
+}
