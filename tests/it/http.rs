@@ -101,6 +101,10 @@ fn python_sdk_ends_its_session_without_a_warning() {
         .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/workflow.py"))
         .args(["--binary", BIN, "--data-dir"])
         .arg(&env.data)
+        .arg("--config")
+        .arg(env.config.as_ref().expect("config"))
+        .arg("--approver-key")
+        .arg(env.key("alice@example.com"))
         .args(["--mode", "legacy", "--http", &server.url])
         .output()
         .expect("python");

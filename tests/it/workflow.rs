@@ -388,6 +388,8 @@ async fn reasons_are_bounded_in_characters() {
         &id,
         "--approver",
         "alice@example.com",
+        "--key",
+        &env.key_arg("alice@example.com"),
         "--reason",
         &too_long,
     ]);
