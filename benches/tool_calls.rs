@@ -16,6 +16,13 @@
 //! ratio to the same server with auth off. The default Cedar policy is evaluated on both sides
 //! (it cannot be turned off); the last table times it, and token validation, on their own.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark that cannot set up has nothing to measure"
+)]
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
