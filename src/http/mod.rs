@@ -63,16 +63,23 @@ pub fn build(
     match (auth, &config.resource) {
         (Some(auth), Some(resource)) => {
             let state = Arc::new(bearer::AuthState::new(engine, auth, resource));
-            let mcp = Router::new().nest_service("/mcp", service).layer(
-                axum::middleware::from_fn_with_state(state.clone(), bearer::require_bearer),
-            );
+            let mcp = Router::new()
+                .nest_service("/mcp", service)
+                .layer(axum::middleware::from_fn(crate::mcp::refuse_malformed))
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    bearer::require_bearer,
+                ));
             Router::new()
                 .merge(mcp)
                 .nest("/admin/v1", admin::routes(state.clone()))
                 .merge(bearer::metadata_routes(state))
                 .merge(health)
         }
-        _ => Router::new().nest_service("/mcp", service).merge(health),
+        _ => Router::new()
+            .nest_service("/mcp", service)
+            .layer(axum::middleware::from_fn(crate::mcp::refuse_malformed))
+            .merge(health),
     }
 }
 
@@ -99,6 +106,7 @@ pub async fn serve(
         Some(a) => {
             let authenticator = Authenticator::discover(a.clone()).await?;
             tracing::info!(issuer = %a.issuer, audience = %a.audience, "bearer authentication on");
+            engine.set_admin_api_served();
             Some(Arc::new(authenticator))
         }
         None => None,

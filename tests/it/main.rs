@@ -9,6 +9,7 @@ mod aws;
 mod bad_input;
 mod contract;
 mod crash;
+mod fuzz;
 mod http;
 mod interop;
 mod oauth;
