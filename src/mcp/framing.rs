@@ -323,7 +323,8 @@ async fn read_bounded_line<R: AsyncBufReadExt + Unpin>(
 
 // ---- HTTP ------------------------------------------------------------------------------------
 
-/// Middleware for `/mcp`: a malformed `POST` body is answered with its JSON-RPC error (HTTP 400),
+/// Middleware for `/mcp`: a malformed `POST` body is answered with its JSON-RPC error (HTTP 400;
+/// 404 for an unknown method, as SEP-2575 asks),
 /// or 202 when it is a notification or response; everything else goes on to rmcp.
 pub async fn refuse_malformed(
     request: axum::extract::Request,
@@ -345,6 +346,10 @@ pub async fn refuse_malformed(
         Verdict::Forward => {
             next.run(axum::extract::Request::from_parts(parts, Body::from(bytes)))
                 .await
+        }
+        // SEP-2575: an unknown method is 404 over HTTP.
+        Verdict::Answer(answer) if answer["error"]["code"] == METHOD_NOT_FOUND => {
+            json_response(StatusCode::NOT_FOUND, &answer)
         }
         Verdict::Answer(answer) => json_response(StatusCode::BAD_REQUEST, &answer),
         Verdict::Ignore => StatusCode::ACCEPTED.into_response(),

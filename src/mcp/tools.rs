@@ -682,7 +682,7 @@ impl ServerHandler for NhiServer {
             // Fail closed: the HTTP layer lets no request through without a principal.
             let caller = Caller::new(
                 &Principal::new("unauthenticated", []),
-                &name,
+                &audited_action(&self.tool_router, &name),
                 crate::audit::unparsed_arguments(&arguments),
             );
             self.engine
@@ -739,19 +739,24 @@ impl ServerHandler for NhiServer {
         {
             // Arguments that did not parse are kept only redacted, cut short and digested; an
             // unknown tool's name is input too.
-            let action = if self.tool_router.get(&name).is_some() {
-                name.clone()
-            } else {
-                crate::audit::redact_text(&crate::model::one_line(&name, 64), false)
-            };
             let caller = Caller::new(
                 &principal,
-                &action,
+                &audited_action(&self.tool_router, &name),
                 crate::audit::unparsed_arguments(&arguments),
             );
             self.engine.audit_invalid_call(&caller, &what).await;
         }
         response
+    }
+}
+
+/// The action an audit record names: the tool, or for an unknown name (input like any other)
+/// that name bounded and redacted.
+fn audited_action(router: &ToolRouter<NhiServer>, name: &str) -> String {
+    if router.get(name).is_some() {
+        name.to_owned()
+    } else {
+        crate::audit::redact_text(&crate::model::one_line(name, 64), false)
     }
 }
 

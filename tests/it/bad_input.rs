@@ -441,6 +441,24 @@ async fn malformed_json_rpc_over_http_gets_an_answer_with_its_id() {
         assert_eq!(answer["id"], id, "{body}: {answer}");
         assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
     }
+    // An unknown method is 404 with -32601 (SEP-2575), its name quoted, not echoed raw.
+    let response = http
+        .post(&server.url)
+        .header("Accept", "application/json, text/event-stream")
+        .header("Content-Type", "application/json")
+        .body(r#"{"jsonrpc":"2.0","id":3,"method":"no/such\u2028x"}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 404);
+    let answer: serde_json::Value = response.json().await.expect("a JSON-RPC body");
+    assert_eq!(answer["error"]["code"], -32601, "{answer}");
+    assert!(
+        !answer["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains('\u{2028}')
+    );
 }
 
 /// Issue 8: 100,162 characters of one `kind` came back in the error, with raw CR/LF and
