@@ -390,13 +390,24 @@ fn parse_scopes(key: &str, raw: &[String]) -> Result<Vec<Scope>, ConfigError> {
         .collect()
 }
 
+/// The longest duration any setting accepts: longer ones overflow time arithmetic.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 fn parse_duration(key: &str, raw: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(raw).map_err(|e| {
+    let d = humantime::parse_duration(raw).map_err(|e| {
         invalid(format!(
-            "`{key}` = {} is not a duration like `15m` or `24h`: {e}",
-            quote_input(raw)
+            "`{key}` = {} is not a duration like `15m` or `24h`: {}",
+            quote_input(raw),
+            crate::model::bound_echoes(&e.to_string())
         ))
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(invalid(format!(
+            "`{key}` = {} is longer than 100 years",
+            quote_input(raw)
+        )));
+    }
+    Ok(d)
 }
 
 /// An endpoint override must be an http(s) URL; it is for emulators and VPC endpoints.
@@ -1177,5 +1188,57 @@ mod tests {
             let err = auth(extra).unwrap_err();
             assert!(err.contains(expect), "{extra}: `{err}`");
         }
+    }
+
+    /// Issue 8: a hostile value for any string setting is a one-line error, never a panic.
+    #[test]
+    fn hostile_values_are_one_line_errors_not_panics() {
+        use proptest::prelude::*;
+        const KEYS: [&str; 16] = [
+            "database_url",
+            "stdio.principal",
+            "http.listen",
+            "http.resource",
+            "http.principal",
+            "auth.issuer",
+            "auth.leeway",
+            "approval.token_ttl",
+            "approval.proposal_ttl",
+            "debug.step_pause",
+            "providers.0.name",
+            "providers.0.kind",
+            "providers.0.refresh",
+            "providers.0.timeout",
+            "providers.0.endpoint_url",
+            "sinks.0.kind",
+        ];
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(768));
+        let strategy = (crate::model::hostile::text(), 0..KEYS.len());
+        runner
+            .run(&strategy, |(value, key)| {
+                let mut doc = serde_json::json!({
+                    "providers": [{"name": "aws", "kind": "aws_iam", "region": "us-east-1"}],
+                    "sinks": [{"kind": "file"}],
+                });
+                let path: Vec<&str> = KEYS[key].split('.').collect();
+                let mut slot = &mut doc;
+                for (i, part) in path.iter().enumerate() {
+                    slot = match part.parse::<usize>() {
+                        Ok(n) => &mut slot[n],
+                        Err(_) if i + 1 < path.len() && slot.get(*part).is_none() => {
+                            slot[*part] = serde_json::json!({});
+                            &mut slot[*part]
+                        }
+                        Err(_) => &mut slot[*part],
+                    };
+                }
+                *slot = serde_json::Value::String(value);
+                let text = toml::to_string(&doc).expect("toml");
+                if let Err(e) = load(&text) {
+                    prop_assert!(!e.contains(['\n', '\r', '\u{2028}', '\u{2029}']), "{e}");
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 }

@@ -12,21 +12,16 @@ use serde_json::Value;
 
 use crate::model::canonical;
 
+mod redact;
+
+pub use redact::{REDACTED, redact, redact_text, unparsed_arguments};
+
 /// The `prev_hash` of the first record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The most argument text one record stores; larger arguments are replaced by a note (their
 /// digest is still of the whole), so that a flood of oversized requests cannot bloat the log.
 pub const MAX_ARGUMENTS_LEN: usize = 16 * 1024;
-
-/// Argument names whose values are secret and never stored.
-const SECRET_ARGUMENTS: [&str; 5] = [
-    "approval_token",
-    "token",
-    "secret",
-    "password",
-    "credential",
-];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -105,8 +100,9 @@ impl AuditEntry {
         }
     }
 
+    /// The reason, with secret-shaped text redacted (it can quote what a caller sent).
     pub fn reason(mut self, reason: impl Into<String>) -> Self {
-        self.reason = Some(reason.into());
+        self.reason = Some(redact_text(&reason.into(), false));
         self
     }
 
@@ -172,26 +168,6 @@ fn bounded(arguments: Value) -> Value {
         serde_json::json!({"omitted": format!("{len} bytes of arguments")})
     } else {
         arguments
-    }
-}
-
-/// Replaces the values of secret arguments, at any depth.
-pub fn redact(arguments: &Value) -> Value {
-    match arguments {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| {
-                    let v = if SECRET_ARGUMENTS.contains(&k.as_str()) {
-                        Value::String("[redacted]".to_owned())
-                    } else {
-                        redact(v)
-                    };
-                    (k.clone(), v)
-                })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
-        other => other.clone(),
     }
 }
 

@@ -368,7 +368,8 @@ async fn serve(config: Config, http: Option<String>) -> anyhow::Result<()> {
             tracing::info!(principal = %config.stdio_principal.id, "serving MCP on stdio");
             let server = NhiServer::new(engine.clone(), config.stdio_principal.clone());
             let running = server
-                .serve(rmcp::transport::stdio())
+                // Framed: a malformed request gets its error answer instead of silence.
+                .serve(crate::mcp::framed(tokio::io::stdin(), tokio::io::stdout()))
                 .await
                 .context("MCP handshake on stdio failed")?;
             tokio::select! {

@@ -130,4 +130,17 @@ mod tests {
         assert!(check_limit(Some(501)).is_err());
         assert_eq!(check_limit(None).unwrap(), 50);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+        /// Issue 8: a hostile cursor (or a well-encoded one with hostile content) is refused.
+        #[test]
+        fn hostile_cursors_are_refused_not_panics(raw in crate::model::hostile::text()) {
+            let _ = decode(Some(&raw), "q");
+            let wrapped = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_bytes());
+            proptest::prop_assert!(decode(Some(&wrapped), "q").is_err());
+            let _ = decode(Some(&encode(&raw, &raw)), "q");
+        }
+    }
 }

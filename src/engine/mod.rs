@@ -210,6 +210,9 @@ pub struct Engine {
     max_proposals_per_hour: Option<u32>,
     /// The cached inventories of the providers with a non-zero `refresh`.
     inventory: inventory::InventoryCache,
+    /// Whether this process serves the admin API (HTTP with `[auth]`): `how_to_approve` names
+    /// only channels that exist.
+    admin_api: std::sync::atomic::AtomicBool,
 }
 
 impl Engine {
@@ -287,7 +290,18 @@ impl Engine {
             proposal_ttl: config.approval.proposal_ttl,
             required_approvals: config.approval.required_approvals,
             step_pause: config.step_pause,
+            admin_api: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Records that the admin API is served, so proposals name it as a way to approve.
+    pub fn set_admin_api_served(&self) {
+        self.admin_api
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn admin_api_served(&self) -> bool {
+        self.admin_api.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn store(&self) -> &Store {

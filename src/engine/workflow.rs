@@ -102,14 +102,23 @@ fn existing_note(p: &Proposal, created: bool) -> Option<String> {
     })
 }
 
-fn approval_outcome(p: &Proposal) -> Option<ApprovalOutcome> {
+/// How to get `p` approved, naming only the channels this server serves: the CLI always, the
+/// admin API only when it is served (HTTP with `[auth]`).
+fn approval_outcome(p: &Proposal, admin_api: bool) -> Option<ApprovalOutcome> {
+    let id = &p.body.id;
+    let channels = if admin_api {
+        format!(
+            "`nhi-mcp approve {id} --approver NAME --key FILE` on the server's host, or `POST /admin/v1/proposals/{id}/approve` on this server's admin API"
+        )
+    } else {
+        format!("`nhi-mcp approve {id} --approver NAME --key FILE` on the server's host")
+    };
     (p.status == ProposalStatus::PendingApproval).then(|| ApprovalOutcome {
         status: "approval_required".to_owned(),
         approvals_required: p.body.required_approvals,
         approvals_received: p.approvals.len(),
         how_to_approve: format!(
-            "a human admin approves it outside this session (`nhi-mcp approve {id} --approver NAME --key FILE`, or `POST /admin/v1/proposals/{id}/approve` on a hosted server) and hands you the approval token; then call `apply_proposal`",
-            id = p.body.id
+            "a human admin approves it outside this session ({channels}) and hands you the approval token; then call `apply_proposal`"
         ),
     })
 }
@@ -160,7 +169,7 @@ impl Engine {
             body.required_approvals = body.required_approvals.max(decision.required_approvals);
             let (proposal, created) = self.insert_or_existing(caller, body).await?;
             Ok(ProposeOutcome {
-                approval: approval_outcome(&proposal),
+                approval: approval_outcome(&proposal, self.admin_api_served()),
                 note: existing_note(&proposal, created),
                 proposal,
                 created,
@@ -216,7 +225,7 @@ impl Engine {
             body.required_approvals = body.required_approvals.max(decision.required_approvals);
             let (proposal, created) = self.insert_or_existing(caller, body).await?;
             Ok(RevokeOutcome {
-                approval: approval_outcome(&proposal),
+                approval: approval_outcome(&proposal, self.admin_api_served()),
                 note: existing_note(&proposal, created),
                 proposal,
                 executed: false,
@@ -814,4 +823,23 @@ fn not_approved(p: &Proposal) -> EngineError {
         }
         other => format!("proposal `{id}` is {}, not approved", other.as_str()),
     })
+}
+
+#[cfg(test)]
+mod parse_grace_tests {
+    use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+        /// Issue 8: a hostile `grace_period` is a one-line error, never a panic, and what is
+        /// accepted stays within 30 days.
+        #[test]
+        fn hostile_grace_periods_are_errors_not_panics(raw in crate::model::hostile::text()) {
+            match parse_grace(Some(&raw)) {
+                Ok(d) => proptest::prop_assert!(d <= MAX_GRACE),
+                Err(e) => proptest::prop_assert!(!e.to_string().contains('\n'), "{e}"),
+            }
+        }
+    }
 }

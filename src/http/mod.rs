@@ -84,6 +84,7 @@ fn build_with_state(
     });
     let mcp = Router::new()
         .nest_service("/mcp", service)
+        .layer(axum::middleware::from_fn(crate::mcp::refuse_malformed))
         .layer(axum::middleware::from_fn(delete_answers_no_content));
     match (auth, &config.resource) {
         (Some(auth), Some(resource)) => {
@@ -165,6 +166,7 @@ pub async fn serve(
         Some(a) => {
             let authenticator = Authenticator::discover(a.clone()).await?;
             tracing::info!(issuer = %a.issuer, audience = %a.audience, "bearer authentication on");
+            engine.set_admin_api_served();
             Some(Arc::new(authenticator))
         }
         None => None,

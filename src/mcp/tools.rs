@@ -2,15 +2,17 @@
 //! parse and validate arguments, call the engine, and shape the answer; nothing else.
 
 use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 
+use futures_util::FutureExt as _;
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::handler::server::tool::{IntoCallToolResult as _, ToolCallContext};
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, ErrorCode, Implementation, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, ContentBlock, ErrorCode, Implementation,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, Json, RoleServer, ServerHandler, tool, tool_router};
@@ -25,7 +27,8 @@ use crate::engine::{
     IdentitySummary, ProposalQuery, ProposeOutcome, RevokeOutcome,
 };
 use crate::model::{
-    CredentialId, IdentityId, IdentityKind, Proposal, ProposalId, ProposalStatus, Severity,
+    CredentialId, IdentityId, IdentityKind, MESSAGE_MAX_CHARS, Proposal, ProposalId,
+    ProposalStatus, Severity, bound_echoes,
 };
 
 /// The scopes that let a caller see and call each tool (any one of them).
@@ -93,6 +96,7 @@ fn reached_engine() {
 pub struct ListIdentitiesArgs {
     /// Only identities of this provider (its configured name).
     pub provider: Option<String>,
+    /// Only identities of this kind.
     pub kind: Option<IdentityKind>,
     /// Exact owner.
     pub owner: Option<String>,
@@ -109,6 +113,7 @@ pub struct ListIdentitiesArgs {
     /// `next_cursor` from the previous page.
     pub cursor: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[schemars(range(min = 1, max = 500))]
     pub limit: Option<u32>,
     /// Read the providers live instead of the cached inventory (slower; the result's
     /// `freshness` says what was used).
@@ -127,13 +132,16 @@ pub struct IdentityArgs {
 pub struct ListFindingsArgs {
     /// Only this identity's findings.
     pub identity_id: Option<String>,
+    /// Only findings of this provider (its configured name).
     pub provider: Option<String>,
     /// Only findings at least this severe.
     pub severity: Option<Severity>,
     /// An OWASP NHI Top 10 id (`NHI1`..`NHI10`) or a rule (`credential_too_old`, ...).
     pub finding: Option<String>,
+    /// `next_cursor` from the previous page.
     pub cursor: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[schemars(range(min = 1, max = 500))]
     pub limit: Option<u32>,
     /// Read the providers live instead of the cached inventory (slower; the result's
     /// `freshness` says what was used).
@@ -143,6 +151,7 @@ pub struct ListFindingsArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProposeRotationArgs {
+    /// The identity whose credential to rotate: `<provider>:<native id>`.
     pub identity_id: String,
     /// The credential to rotate; required when the identity has more than one active credential.
     pub credential_id: Option<String>,
@@ -156,6 +165,7 @@ pub struct ProposeRotationArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeIdentityArgs {
+    /// The identity to revoke: `<provider>:<native id>`.
     pub identity_id: String,
     /// Why; required when proposing.
     pub reason: Option<String>,
@@ -167,6 +177,7 @@ pub struct RevokeIdentityArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApplyProposalArgs {
+    /// The approved proposal: `prop_` and 32 hex digits.
     pub proposal_id: String,
     /// The approval token an admin issued for exactly this proposal.
     pub approval_token: String,
@@ -175,16 +186,21 @@ pub struct ApplyProposalArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProposalArgs {
+    /// `prop_` and 32 hex digits.
     pub proposal_id: String,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListProposalsArgs {
+    /// Only proposals in this state.
     pub status: Option<ProposalStatus>,
+    /// Only proposals for this identity: `<provider>:<native id>`.
     pub identity_id: Option<String>,
+    /// `next_cursor` from the previous page.
     pub cursor: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[schemars(range(min = 1, max = 500))]
     pub limit: Option<u32>,
 }
 
@@ -220,6 +236,48 @@ fn proposal_id(raw: &str) -> Result<ProposalId, ToolError> {
 
 // ---- the server ------------------------------------------------------------------------------
 
+/// The tools with schemas common validators accept: schemars writes `format: uint32` (and
+/// `uint64`, `uint`) for unsigned integers, a format JSON Schema does not define and Ajv
+/// rejects in strict mode; `minimum: 0` already says it.
+fn contract_router() -> ToolRouter<NhiServer> {
+    let mut router = NhiServer::tool_router();
+    for route in router.map.values_mut() {
+        let tool = &mut route.attr;
+        let mut input = (*tool.input_schema).clone();
+        drop_unsigned_formats(&mut input);
+        tool.input_schema = Arc::new(input);
+        if let Some(output) = &tool.output_schema {
+            let mut output = (**output).clone();
+            drop_unsigned_formats(&mut output);
+            tool.output_schema = Some(Arc::new(output));
+        }
+    }
+    router
+}
+
+fn drop_unsigned_formats(schema: &mut serde_json::Map<String, Value>) {
+    if schema
+        .get("format")
+        .and_then(Value::as_str)
+        .is_some_and(|f| f.starts_with("uint"))
+    {
+        schema.remove("format");
+    }
+    for value in schema.values_mut() {
+        match value {
+            Value::Object(map) => drop_unsigned_formats(map),
+            Value::Array(items) => {
+                for item in items {
+                    if let Value::Object(map) = item {
+                        drop_unsigned_formats(map);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// One MCP session's server. The caller of each request is the principal the HTTP layer
 /// authenticated (a bearer token), else the configured one (stdio, or HTTP without `[auth]`).
 #[derive(Clone)]
@@ -236,7 +294,7 @@ impl NhiServer {
         Self {
             engine,
             default_principal: Some(principal),
-            tool_router: Self::tool_router(),
+            tool_router: contract_router(),
         }
     }
 
@@ -245,7 +303,7 @@ impl NhiServer {
         Self {
             engine,
             default_principal: None,
-            tool_router: Self::tool_router(),
+            tool_router: contract_router(),
         }
     }
 
@@ -260,7 +318,7 @@ impl NhiServer {
 
     /// Every tool definition, unfiltered (for `tools export`).
     pub fn all_tools() -> Vec<Tool> {
-        Self::tool_router().list_all()
+        contract_router().list_all()
     }
 
     fn caller(&self, tool: &str, args: &impl Serialize) -> Caller {
@@ -540,6 +598,22 @@ impl NhiServer {
 }
 
 impl NhiServer {
+    /// Runs the tool. In unit tests, the tool `test_panic` panics, to prove `call_tool` answers
+    /// anyway.
+    async fn dispatch(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        #[cfg(test)]
+        if request.name == "test_panic" {
+            panic!("injected by a test");
+        }
+        self.tool_router
+            .call(ToolCallContext::new(self, request, context))
+            .await
+    }
+
     /// Audits arguments the handler refused before the engine saw them, and passes the error on.
     async fn invalid(&self, caller: &Caller, e: ToolError) -> ToolError {
         if let ToolError::InvalidParams(m) = &e {
@@ -606,25 +680,43 @@ impl ServerHandler for NhiServer {
             .unwrap_or(Value::Null);
         let Some(principal) = self.principal_of(&context) else {
             // Fail closed: the HTTP layer lets no request through without a principal.
-            let caller = Caller::new(&Principal::new("unauthenticated", []), &name, arguments);
+            let caller = Caller::new(
+                &Principal::new("unauthenticated", []),
+                &audited_action(&self.tool_router, &name),
+                crate::audit::unparsed_arguments(&arguments),
+            );
             self.engine
                 .audit_invalid_call(&caller, "not authenticated")
                 .await;
             return Err(ErrorData::invalid_request("not authenticated", None));
         };
-        let result = CURRENT
-            .scope(
-                principal.clone(),
-                REACHED_ENGINE.scope(Cell::new(false), async {
-                    let r = self
-                        .tool_router
-                        .call(ToolCallContext::new(self, request, context))
-                        .await;
-                    (r, REACHED_ENGINE.with(Cell::get))
-                }),
-            )
-            .await;
+        // A handler that panics still gets its request an answer: an internal error, logged
+        // with the tool's name, never the arguments (they may carry a token).
+        let call = CURRENT.scope(
+            principal.clone(),
+            REACHED_ENGINE.scope(Cell::new(false), async {
+                let r = self.dispatch(request, context).await;
+                (r, REACHED_ENGINE.with(Cell::get))
+            }),
+        );
+        let result = match AssertUnwindSafe(call).catch_unwind().await {
+            Ok(done) => done,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(
+                    tool = %name,
+                    panic = %crate::model::one_line(&what, MESSAGE_MAX_CHARS),
+                    "tool handler panicked; answered with an internal error"
+                );
+                (ToolError::Internal.into_call_tool_result(), false)
+            }
+        };
         let (response, reached) = result;
+        let response = bounded(response);
         let refused = match &response {
             Err(e) => Some(
                 if e.code == ErrorCode::METHOD_NOT_FOUND || self.tool_router.get(&name).is_none() {
@@ -645,10 +737,46 @@ impl ServerHandler for NhiServer {
         if let Some(what) = refused
             && !reached
         {
-            let caller = Caller::new(&principal, &name, arguments);
+            // Arguments that did not parse are kept only redacted, cut short and digested; an
+            // unknown tool's name is input too.
+            let caller = Caller::new(
+                &principal,
+                &audited_action(&self.tool_router, &name),
+                crate::audit::unparsed_arguments(&arguments),
+            );
             self.engine.audit_invalid_call(&caller, &what).await;
         }
         response
+    }
+}
+
+/// The action an audit record names: the tool, or for an unknown name (input like any other)
+/// that name bounded and redacted.
+fn audited_action(router: &ToolRouter<NhiServer>, name: &str) -> String {
+    if router.get(name).is_some() {
+        name.to_owned()
+    } else {
+        crate::audit::redact_text(&crate::model::one_line(name, 64), false)
+    }
+}
+
+/// Every error text a caller gets is one line and echoes at most 64 characters of any input,
+/// whoever wrote it (our handlers, or serde's messages about arguments that do not parse).
+fn bounded(response: Result<CallToolResponse, ErrorData>) -> Result<CallToolResponse, ErrorData> {
+    match response {
+        Ok(CallToolResponse::Complete(mut r)) if r.is_error == Some(true) => {
+            for c in &mut r.content {
+                if let Some(t) = c.as_text() {
+                    *c = ContentBlock::text(bound_echoes(&t.text));
+                }
+            }
+            Ok(CallToolResponse::Complete(r))
+        }
+        Err(mut e) => {
+            e.message = bound_echoes(&e.message).into();
+            Err(e)
+        }
+        other => other,
     }
 }
 
@@ -681,4 +809,80 @@ pub fn export_tools(dir: &Path) -> std::io::Result<Vec<String>> {
     }
     written.sort();
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use rmcp::ServiceExt as _;
+    use rmcp::model::{CallToolRequestParams, ClientConfig};
+
+    use super::*;
+    use crate::config::{Config, Overrides};
+
+    /// Issue 8: a handler that panics answers its request with an internal error, and the
+    /// session goes on serving.
+    #[tokio::test]
+    async fn a_panicking_handler_still_answers_and_the_session_goes_on() {
+        let dir = tempfile::tempdir().expect("dir");
+        let overrides = Overrides {
+            config_file: None,
+            data_dir: Some(dir.path().join("data")),
+        };
+        let config = Config::from_toml("", None, &overrides).expect("config");
+        let engine = Arc::new(Engine::open(&config).await.expect("engine"));
+        let server = NhiServer::new(engine, config.stdio_principal.clone());
+        let (client_io, server_io) = tokio::io::duplex(1 << 16);
+        let serving = tokio::spawn(async move {
+            let running = server.serve(server_io).await.expect("serve");
+            let _ = running.waiting().await;
+        });
+        let client = ClientConfig::default()
+            .serve(client_io)
+            .await
+            .expect("handshake");
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            client.call_tool(CallToolRequestParams::new("test_panic")),
+        )
+        .await
+        .expect("an answer, not silence")
+        .expect("a result");
+        assert_eq!(answer.is_error, Some(true));
+        let text = answer.content[0].as_text().map(|t| t.text.clone());
+        assert_eq!(
+            text.as_deref(),
+            Some("internal error; the server log has the details")
+        );
+        let after = client
+            .call_tool(CallToolRequestParams::new("list_proposals"))
+            .await
+            .expect("still serving");
+        assert_ne!(after.is_error, Some(true));
+        let _ = client.cancel().await;
+        serving.abort();
+    }
+
+    /// Issue 8: a description on every input property, `limit` within 1 to 500, and no
+    /// `uint` formats that validators reject.
+    #[test]
+    fn tool_schemas_are_described_bounded_and_portable() {
+        for tool in NhiServer::all_tools() {
+            let input = Value::Object((*tool.input_schema).clone());
+            for (name, property) in input["properties"].as_object().into_iter().flatten() {
+                assert!(
+                    property["description"]
+                        .as_str()
+                        .is_some_and(|d| !d.is_empty()),
+                    "{}.{name} has no description",
+                    tool.name
+                );
+                if name == "limit" {
+                    assert_eq!(property["minimum"], 1, "{}", tool.name);
+                    assert_eq!(property["maximum"], 500, "{}", tool.name);
+                }
+            }
+            let all = serde_json::to_string(&tool).expect("json");
+            assert!(!all.contains("\"uint"), "{} has a uint format", tool.name);
+        }
+    }
 }

@@ -204,4 +204,27 @@ mod tests {
         let err = IdentityId::parse("p:a\nb").unwrap_err().0;
         assert!(!err.contains('\n'), "{err}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+        /// Issue 8: every id parser returns a one-line error, never panics (multi-byte input
+        /// where `prop_` ends used to be sliced by byte).
+        #[test]
+        fn hostile_ids_are_one_line_errors(raw in crate::model::hostile::text()) {
+            let with_prefix = format!("prop_{raw}");
+            let errors = [
+                ProviderName::parse(&raw).err(),
+                IdentityId::parse(&raw).err(),
+                CredentialId::parse(&raw).err(),
+                ProposalId::parse(&raw).err(),
+                ProposalId::parse(&with_prefix).err(),
+                check_free_text("reason", &raw, 1000).err(),
+            ];
+            for e in errors.into_iter().flatten() {
+                proptest::prop_assert!(!e.0.contains(['\n', '\r', '\u{2028}', '\u{2029}']), "{}", e.0);
+                proptest::prop_assert!(e.0.chars().count() < 300, "{}", e.0);
+            }
+        }
+    }
 }

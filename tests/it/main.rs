@@ -20,6 +20,7 @@ mod contract;
 mod crash;
 mod device;
 mod files;
+mod fuzz;
 mod http;
 mod interop;
 mod oauth;

@@ -4,13 +4,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Duration, NaiveTime, Utc};
+use chrono::{DateTime, NaiveTime, TimeDelta, Utc};
 use serde::Deserialize;
 
 use crate::model::{
     Credential, CredentialId, CredentialKind, CredentialStatus, Identity, IdentityId, IdentityKind,
-    Permissions, ProviderName, quote_input,
+    Permissions, ProviderName, one_line, quote_input,
 };
+
+/// The longest error message about a file, in characters.
+const MAX_MESSAGE_CHARS: usize = 400;
 
 /// A malformed inventory; the message names the file, and the line and key where it can.
 #[derive(Debug, thiserror::Error)]
@@ -76,8 +79,9 @@ pub fn parse_inventory(
     origin: &str,
     json: bool,
 ) -> Result<Vec<Identity>, InventoryError> {
+    // Parser messages (serde's, toml's) can echo a whole hostile value: bound and escape them.
     let err = |message: String| InventoryError {
-        message: format!("inventory {origin}: {message}"),
+        message: one_line(&format!("inventory {origin}: {message}"), MAX_MESSAGE_CHARS),
     };
     let raw: RawInventory = if json {
         serde_json::from_str(text).map_err(|e| err(format!("line {}: {e}", e.line())))?
@@ -152,31 +156,46 @@ pub fn parse_inventory(
     Ok(out)
 }
 
-fn parse_time(raw: &str, anchor: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
-    let relative = |sign: i64, rest: &str| -> Option<DateTime<Utc>> {
-        let (n, unit) = rest.split_at(rest.len().checked_sub(1)?);
-        let n: i64 = n.parse().ok()?;
-        match unit {
-            "d" => Some(anchor + Duration::days(sign * n)),
-            "h" => Some(anchor + Duration::hours(sign * n)),
-            _ => None,
+/// Parses a time from the file: RFC 3339, or `+`/`-` digits and `d` or `h` relative to `anchor`.
+/// Never panics: a unit that is not ASCII, a number that overflows, or a result outside the
+/// calendar is an error, not a slice or an addition that fails.
+pub fn parse_time(raw: &str, anchor: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    let relative = |sign: i64, rest: &str| -> Option<Option<DateTime<Utc>>> {
+        let unit = rest.chars().last()?;
+        let digits = &rest[..rest.len() - unit.len_utf8()];
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
         }
+        // Only digits: a number that does not parse is too large.
+        let n = digits.parse::<i64>().ok().map(|n| sign * n);
+        let delta = match unit {
+            'd' => n.and_then(TimeDelta::try_days),
+            'h' => n.and_then(TimeDelta::try_hours),
+            _ => return None,
+        };
+        // Well-formed: `Some`; in range: `Some(Some(_))`.
+        Some(delta.and_then(|d| anchor.checked_add_signed(d)))
     };
     let parsed = if let Some(rest) = raw.strip_prefix('-') {
         relative(-1, rest)
     } else if let Some(rest) = raw.strip_prefix('+') {
         relative(1, rest)
     } else {
-        DateTime::parse_from_rfc3339(raw)
-            .ok()
-            .map(|t| t.with_timezone(&Utc))
+        Some(
+            DateTime::parse_from_rfc3339(raw)
+                .ok()
+                .map(|t| t.with_timezone(&Utc)),
+        )
+        .filter(Option::is_some)
     };
-    parsed.ok_or_else(|| {
-        format!(
+    match parsed {
+        Some(Some(t)) => Ok(t),
+        Some(None) => Err(format!("{} is out of range", quote_input(raw))),
+        None => Err(format!(
             "{} is neither an RFC 3339 time nor relative like `-30d`, `+7d`, `-6h`",
             quote_input(raw)
-        )
-    })
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -218,5 +237,123 @@ mod tests {
             .unwrap_err()
             .message;
         assert!(e.contains("inv.json") && e.contains("line 1"), "{e}");
+    }
+
+    /// Every string field of one identity, by its path in the document.
+    const FIELDS: [&[&str]; 14] = [
+        &["native_id"],
+        &["kind"],
+        &["name"],
+        &["owner"],
+        &["environment"],
+        &["created_at"],
+        &["last_used_at"],
+        &["permissions", "summary"],
+        &["tags", "team"],
+        &["credentials", "0", "id"],
+        &["credentials", "0", "kind"],
+        &["credentials", "0", "created_at"],
+        &["credentials", "0", "expires_at"],
+        &["credentials", "0", "status"],
+    ];
+
+    fn check_error(e: &InventoryError) -> Result<(), proptest::test_runner::TestCaseError> {
+        proptest::prop_assert!(
+            !e.message.contains(['\n', '\r', '\u{2028}', '\u{2029}']),
+            "{}",
+            e.message
+        );
+        proptest::prop_assert!(e.message.chars().count() <= MAX_MESSAGE_CHARS + 1);
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(768))]
+
+        /// Issue 8: `created_at = "-5€"` and `"+999999999d"` panicked the process at start.
+        #[test]
+        fn hostile_values_in_any_field_are_errors_not_panics(
+            value in crate::model::hostile::text(),
+            field in 0..FIELDS.len(),
+            json in proptest::bool::ANY,
+        ) {
+            let mut identity = serde_json::json!({
+                "native_id": "a", "kind": "service_user", "name": "a", "owner": "o",
+                "environment": "prod", "created_at": "-1d", "last_used_at": "-6h",
+                "tags": {"team": "t"},
+                "permissions": {"summary": "s", "grants": ["x"]},
+                "credentials": [{"id": "c", "kind": "access_key", "created_at": "-1d",
+                    "expires_at": "+7d", "status": "active"}],
+            });
+            let mut slot = &mut identity;
+            for key in FIELDS[field] {
+                slot = match key.parse::<usize>() {
+                    Ok(i) => &mut slot[i],
+                    Err(_) => &mut slot[*key],
+                };
+            }
+            *slot = serde_json::Value::String(value);
+            let doc = serde_json::json!({"identities": [identity]});
+            let text = if json {
+                doc.to_string()
+            } else {
+                toml::to_string(&doc).expect("toml")
+            };
+            if let Err(e) = parse_inventory(&name(), &text, "inv", json) {
+                check_error(&e)?;
+            }
+        }
+
+        #[test]
+        fn hostile_text_spliced_into_a_file_is_an_error_not_a_panic(
+            insert in crate::model::hostile::text(),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            json in proptest::bool::ANY,
+        ) {
+            let base = if json {
+                r#"{"identities": [{"native_id": "a", "kind": "role", "name": "a", "created_at": "-5d", "permissions": {}}]}"#
+            } else {
+                crate::config::DEMO_INVENTORIES[0].1
+            };
+            let boundaries: Vec<usize> = base.char_indices().map(|(i, _)| i).collect();
+            let cut = boundaries[at.index(boundaries.len())];
+            let text = format!("{}{insert}{}", &base[..cut], &base[cut..]);
+            if let Err(e) = parse_inventory(&name(), &text, "inv", json) {
+                check_error(&e)?;
+            }
+        }
+
+        #[test]
+        fn times_parse_or_fail_at_any_anchor(raw in crate::model::hostile::text()) {
+            for anchor in [DateTime::<Utc>::MIN_UTC, Utc::now(), DateTime::<Utc>::MAX_UTC] {
+                if let Err(m) = parse_time(&raw, anchor) {
+                    proptest::prop_assert!(!m.contains('\n'), "{m}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_shapes_that_panicked_are_errors_naming_the_field() {
+        for (raw, expect) in [
+            ("-5€", "neither"),
+            ("+999999999d", "out of range"),
+            ("-9223372036854775807h", "out of range"),
+            ("+99999999999999999999999d", "out of range"),
+            ("+€", "neither"),
+            ("--5d", "neither"),
+        ] {
+            let text = format!(
+                "[[identities]]\nnative_id = \"a\"\nkind = \"role\"\nname = \"a\"\ncreated_at = \"{raw}\"\n[identities.permissions]\n"
+            );
+            let e = parse_inventory(&name(), &text, "inv.toml", false)
+                .unwrap_err()
+                .message;
+            assert!(
+                e.contains("`created_at`") && e.contains(expect),
+                "{raw}: {e}"
+            );
+        }
+        assert!(parse_time("+3d", Utc::now()).is_ok());
     }
 }
