@@ -262,6 +262,8 @@ fn open_locked(path: &Path) -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
+/// Opened without following a symbolic link in its last component: whoever can write the data
+/// dir must not make the server append to (or create, or lock) a file elsewhere.
 fn open_for_append(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let created = !path.exists();
@@ -272,7 +274,9 @@ fn open_for_append(path: &Path) -> std::io::Result<std::fs::File> {
         .append(true)
         .create(true)
         .mode(0o600)
-        .open(path)?;
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| no_symlink(path, e))?;
     if created {
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         if let Some(dir) = path.parent() {
@@ -282,12 +286,43 @@ fn open_for_append(path: &Path) -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
+/// `ELOOP` from an `O_NOFOLLOW` open said as what it means.
+fn no_symlink(path: &Path, e: std::io::Error) -> std::io::Error {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if e.raw_os_error() == Some(libc::ELOOP) && is_link {
+        return std::io::Error::new(
+            e.kind(),
+            "it is a symbolic link, which nhi-mcp does not write through: set `[audit] checkpoint_file` to the file itself",
+        );
+    }
+    e
+}
+
 /// A shared lock on the checkpoint file (created empty if missing), held while the chain and
-/// the file are read, so that a checkpoint being written is seen in both or in neither.
-pub fn lock_for_reading(path: &Path) -> std::io::Result<std::fs::File> {
-    let file = open_for_append(path)?;
+/// the file are read, so that a checkpoint being written is seen in both or in neither. A file
+/// this process may read but not write (a read-only mount, an immutable file, an auditor's
+/// copy of the data dir) is locked as it is, and a missing one that cannot be created is no
+/// lock (`None`): nobody can be writing either.
+pub fn lock_for_reading(path: &Path) -> std::io::Result<Option<std::fs::File>> {
+    use std::io::ErrorKind::{NotFound, PermissionDenied, ReadOnlyFilesystem};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match open_for_append(path) {
+        Ok(file) => file,
+        Err(e) if matches!(e.kind(), PermissionDenied | ReadOnlyFilesystem) => {
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+            {
+                Ok(file) => file,
+                Err(missing) if missing.kind() == NotFound => return Ok(None),
+                Err(_) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
     file.lock_shared()?;
-    Ok(file)
+    Ok(Some(file))
 }
 
 /// Appends `checkpoint` as one line and fsyncs it.

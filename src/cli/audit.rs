@@ -87,7 +87,7 @@ pub async fn run(
 }
 
 /// Holds off checkpoint writers while the chain and the local checkpoint file are read.
-fn lock_local(config: &Config) -> anyhow::Result<std::fs::File> {
+fn lock_local(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
     let path = &config.audit.checkpoint_file;
     checkpoint::lock_for_reading(path).with_context(|| format!("cannot lock {}", path.display()))
 }
@@ -155,7 +155,7 @@ async fn verify(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let lock = match checkpoint_file {
-        None => Some(lock_local(config)?),
+        None => lock_local(config)?,
         Some(_) => None,
     };
     let records = engine.store().audit_records().await?;

@@ -603,3 +603,109 @@ async fn serve_writes_checkpoints_periodically_only_when_records_were_added_and_
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("not yet covered: 1 records"), "{out}");
 }
+
+/// Whoever can write the data dir plants a symbolic link where the checkpoint file goes: the
+/// server must not append signed lines to (or create, or lock) a file elsewhere through it.
+#[tokio::test]
+async fn a_checkpoint_file_that_is_a_symlink_is_not_written_through() {
+    let env = env_with_checkpoint(2, 1);
+    let file = checkpoint_file(&env);
+    let lines = std::fs::read_to_string(&file).expect("read");
+    let elsewhere = env.dir.path().join("elsewhere.txt");
+    std::fs::write(&elsewhere, "not the server's\n").expect("write");
+    std::fs::remove_file(&file).expect("rm");
+    std::os::unix::fs::symlink(&elsewhere, &file).expect("symlink");
+    for args in [&["audit", "checkpoint"][..], &["audit", "verify"][..]] {
+        let out = env.cli(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} went through the link");
+        assert!(err.contains("symbolic link"), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&elsewhere).expect("read"),
+        "not the server's\n"
+    );
+    // A dangling link: nothing is created at its target either.
+    let target = env.dir.path().join("created-through-link.jsonl");
+    std::fs::remove_file(&file).expect("rm");
+    std::os::unix::fs::symlink(&target, &file).expect("symlink");
+    for args in [&["audit", "checkpoint"][..], &["audit", "verify"][..]] {
+        assert!(!env.cli(args).status.success(), "{args:?}");
+    }
+    assert!(!target.exists(), "created through a dangling link");
+    // The file itself back in place: all is well.
+    std::fs::remove_file(&file).expect("rm");
+    std::fs::write(&file, lines).expect("restore");
+    let (code, _, err) = verify_with(&env, &[]);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// Clears the immutable attribute again, even when the test fails.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(path: &std::path::Path) -> Self {
+        let out = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .output()
+            .expect("run chattr (e2fsprogs; install it with `apt-get install e2fsprogs`)");
+        assert!(
+            out.status.success(),
+            "chattr +i: {} (needs an ext4/xfs file system and CAP_LINUX_IMMUTABLE)",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(path.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// An auditor verifies a checkpoint file nobody may write (an immutable file, as on a read-only
+/// mount; permissions do not stop root, the attribute does): `verify` and `export` read it
+/// under a shared lock instead of failing to open it for appending.
+#[tokio::test]
+async fn a_read_only_checkpoint_file_still_verifies_and_exports() {
+    let env = env_with_checkpoint(3, 1);
+    let file = checkpoint_file(&env);
+    let _guard = Immutable::set(&file);
+    assert!(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .is_err(),
+        "the file is still writable"
+    );
+    let (code, out, err) = verify_with(&env, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("the first 3 records match"), "{out}");
+    let export = env.dir.path().join("export.jsonl");
+    let out = env.cli(&[
+        "audit",
+        "export",
+        "--output",
+        export.to_str().expect("utf8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&export).expect("export");
+    let last = Checkpoint::parse(text.lines().last().expect("lines")).expect("checkpoint");
+    assert!(last.count >= 5, "{last:?}");
+    // Tampering is still found against it.
+    tamper(&env, &["DELETE FROM audit_log WHERE seq >= 3"]).await;
+    fails_with(&env, &[], &["truncated"]);
+    // Writing a checkpoint fails, saying so.
+    let out = env.cli(&["audit", "checkpoint"]);
+    assert!(!out.status.success());
+}
