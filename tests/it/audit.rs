@@ -709,3 +709,54 @@ async fn a_read_only_checkpoint_file_still_verifies_and_exports() {
     let out = env.cli(&["audit", "checkpoint"]);
     assert!(!out.status.success());
 }
+
+/// Another local user plants a symbolic link where the admin exports to (a shared `/tmp`): the
+/// export must not truncate, overwrite or `chmod` the link's target.
+#[tokio::test]
+async fn an_export_does_not_write_through_a_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = env_with_records(2);
+    let victim = env.dir.path().join("victim.conf");
+    std::fs::write(&victim, "keep me\n").expect("write");
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let link = env.dir.path().join("export.jsonl");
+    std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+    let out = env.cli(&["audit", "export", "--output", link.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exported through the link");
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).expect("read"), "keep me\n");
+    let mode = std::fs::metadata(&victim)
+        .expect("meta")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o644);
+    // A dangling link creates nothing at its target either; a plain path still exports.
+    let target = env.dir.path().join("made-through-link.jsonl");
+    let dangling = env.dir.path().join("dangling.jsonl");
+    std::os::unix::fs::symlink(&target, &dangling).expect("symlink");
+    let out = env.cli(&[
+        "audit",
+        "export",
+        "--output",
+        dangling.to_str().expect("utf8"),
+    ]);
+    assert!(!out.status.success());
+    assert!(!target.exists(), "created through a dangling link");
+    let plain = env.dir.path().join("plain.jsonl");
+    let out = env.cli(&["audit", "export", "--output", plain.to_str().expect("utf8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read_to_string(&plain)
+            .expect("read")
+            .lines()
+            .count()
+            >= 2
+    );
+}
