@@ -760,3 +760,46 @@ async fn an_export_does_not_write_through_a_symlink() {
             >= 2
     );
 }
+
+/// A checkpoint file whose last line lost its newline (copied back, edited by hand): the next
+/// checkpoint is a line of its own, not glued to it (which made every later `verify` fail).
+#[tokio::test]
+async fn a_checkpoint_file_without_a_final_newline_takes_the_next_line_apart() {
+    let env = env_with_checkpoint(2, 1);
+    let file = checkpoint_file(&env);
+    let text = std::fs::read_to_string(&file).expect("read");
+    std::fs::write(&file, text.trim_end()).expect("write");
+    assert!(env.cli(&["identities", "list"]).status.success());
+    checkpoint_now(&env);
+    assert_eq!(checkpoints(&env).len(), 2);
+    let (code, out, err) = verify_with(&env, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("2 checkpoints"), "{out}");
+}
+
+/// The newest line of the checkpoint file cut in half, and the covered records cut from the
+/// database: the newest line cannot be read, so the server cannot tell whether the log
+/// contradicts it, and must not sign (it did, skipping its check).
+#[tokio::test]
+async fn a_cut_newest_checkpoint_line_is_not_signed_over() {
+    let env = env_with_checkpoint(2, 1);
+    assert!(env.cli(&["identities", "list"]).status.success());
+    checkpoint_now(&env);
+    let file = checkpoint_file(&env);
+    let text = std::fs::read_to_string(&file).expect("read");
+    let cut = text.len() - 40;
+    std::fs::write(&file, &text[..cut]).expect("write");
+    tamper(&env, &["DELETE FROM audit_log WHERE seq >= 5"]).await;
+    assert!(env.cli(&["identities", "list"]).status.success());
+    let out = env.cli(&["audit", "checkpoint"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "signed over an unreadable newest line"
+    );
+    assert!(
+        err.contains("not signing") && err.contains("not a signed checkpoint"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).expect("read"), &text[..cut]);
+}
