@@ -291,10 +291,20 @@ async fn dispatch(engine: &Engine, config: &Config, command: Command) -> anyhow:
             reason,
         } => {
             let id = ProposalId::parse(&proposal_id).map_err(|e| anyhow::anyhow!(e.0))?;
-            engine
+            let p = engine
                 .reject(&Principal::new(approver, [Scope::Approve]), &id, &reason)
                 .await?;
-            eprintln!("rejected {id}");
+            // An approved proposal is not "rejected" to the admin who withdraws its approval:
+            // say that the token already handed out is refused from now on.
+            let withdrawn = p
+                .outcome
+                .as_deref()
+                .is_some_and(|o| o.starts_with("approval withdrawn"));
+            if withdrawn {
+                eprintln!("approval of {id} withdrawn; its approval token is refused from now on");
+            } else {
+                eprintln!("rejected {id}");
+            }
         }
         Command::Audit { command } => super::audit::run(engine, config, command, out).await?,
         Command::Config {

@@ -207,6 +207,12 @@ async fn a_withdrawn_approval_refuses_its_token() {
         "changed my mind",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // The admin is told it was a withdrawal, not the rejection of a pending proposal.
+    assert!(
+        stderr(&out).contains("withdrawn") && stderr(&out).contains("refused"),
+        "{}",
+        stderr(&out)
+    );
     let p = shown(&env, &id);
     assert_eq!(p["status"], "rejected");
     let outcome = p["outcome"].as_str().expect("outcome");
