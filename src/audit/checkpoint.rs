@@ -241,17 +241,40 @@ pub fn read_checkpoint_file(path: &Path) -> Result<Option<Vec<Checkpoint>>, Stri
 
 /// The last checkpoint of a checkpoint file, read from its end.
 fn last_in_file(path: &Path) -> Option<Checkpoint> {
-    let mut file = std::fs::File::open(path).ok()?;
-    let len = file.metadata().ok()?.len();
-    let start = len.saturating_sub(8192);
-    file.seek(SeekFrom::Start(start)).ok()?;
-    let mut tail = Vec::new();
-    file.read_to_end(&mut tail).ok()?;
-    String::from_utf8_lossy(&tail)
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .and_then(|l| Checkpoint::parse(l).ok())
+    tail_of_file(path)
+        .line
+        .and_then(|l| Checkpoint::parse(&l).ok())
+}
+
+/// The end of a checkpoint file.
+#[derive(Default)]
+struct Tail {
+    /// Its last non-empty line.
+    line: Option<String>,
+    /// It is not empty and its last byte is not a newline: a line appended now would join it.
+    unterminated: bool,
+}
+
+fn tail_of_file(path: &Path) -> Tail {
+    let read = || -> std::io::Result<Vec<u8>> {
+        let mut file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(8192)))?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail)?;
+        Ok(tail)
+    };
+    let Ok(tail) = read() else {
+        return Tail::default();
+    };
+    Tail {
+        line: String::from_utf8_lossy(&tail)
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(str::to_owned),
+        unterminated: tail.last().is_some_and(|b| *b != b'\n'),
+    }
 }
 
 /// The checkpoint file opened for appending (created 0600, its directory synced), locked
@@ -262,6 +285,8 @@ fn open_locked(path: &Path) -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
+/// Opened without following a symbolic link in its last component: whoever can write the data
+/// dir must not make the server append to (or create, or lock) a file elsewhere.
 fn open_for_append(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let created = !path.exists();
@@ -272,7 +297,9 @@ fn open_for_append(path: &Path) -> std::io::Result<std::fs::File> {
         .append(true)
         .create(true)
         .mode(0o600)
-        .open(path)?;
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| no_symlink(path, e))?;
     if created {
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         if let Some(dir) = path.parent() {
@@ -282,12 +309,43 @@ fn open_for_append(path: &Path) -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
+/// `ELOOP` from an `O_NOFOLLOW` open said as what it means.
+fn no_symlink(path: &Path, e: std::io::Error) -> std::io::Error {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if e.raw_os_error() == Some(libc::ELOOP) && is_link {
+        return std::io::Error::new(
+            e.kind(),
+            "it is a symbolic link, which nhi-mcp does not write through: set `[audit] checkpoint_file` to the file itself",
+        );
+    }
+    e
+}
+
 /// A shared lock on the checkpoint file (created empty if missing), held while the chain and
-/// the file are read, so that a checkpoint being written is seen in both or in neither.
-pub fn lock_for_reading(path: &Path) -> std::io::Result<std::fs::File> {
-    let file = open_for_append(path)?;
+/// the file are read, so that a checkpoint being written is seen in both or in neither. A file
+/// this process may read but not write (a read-only mount, an immutable file, an auditor's
+/// copy of the data dir) is locked as it is, and a missing one that cannot be created is no
+/// lock (`None`): nobody can be writing either.
+pub fn lock_for_reading(path: &Path) -> std::io::Result<Option<std::fs::File>> {
+    use std::io::ErrorKind::{NotFound, PermissionDenied, ReadOnlyFilesystem};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match open_for_append(path) {
+        Ok(file) => file,
+        Err(e) if matches!(e.kind(), PermissionDenied | ReadOnlyFilesystem) => {
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+            {
+                Ok(file) => file,
+                Err(missing) if missing.kind() == NotFound => return Ok(None),
+                Err(_) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
     file.lock_shared()?;
-    Ok(file)
+    Ok(Some(file))
 }
 
 /// Appends `checkpoint` as one line and fsyncs it.
@@ -332,8 +390,22 @@ impl Checkpointer {
         if count == 0 || last.as_ref().is_some_and(|r| r.seq == count) {
             return Ok(None);
         }
-        // Never sign over a log that contradicts the newest checkpoint already written out.
-        if let Some(f) = last_in_file(&self.file) {
+        // Never sign over a log that contradicts the newest checkpoint already written out, nor
+        // when that cannot be told: a newest line that is not a checkpoint was cut or edited.
+        let tail = tail_of_file(&self.file);
+        let newest = tail
+            .line
+            .as_deref()
+            .map(|l| {
+                Checkpoint::parse(l).map_err(|_| {
+                    anyhow::anyhow!(
+                        "not signing: the newest line of {} is not a signed checkpoint (cut or edited); run `nhi-mcp audit verify`",
+                        self.file.display()
+                    )
+                })
+            })
+            .transpose()?;
+        if let Some(f) = newest {
             let at = if f.count == 0 {
                 Some(GENESIS_HASH.to_owned())
             } else {
@@ -367,6 +439,11 @@ impl Checkpointer {
         .outcome(checkpoint.to_line());
         tx.append_audit(entry).await?;
         tx.commit().await?;
+        // A last line without its newline (copied or edited by hand) is ended first, so that the
+        // next line does not join it.
+        if tail.unterminated {
+            file.write_all(b"\n")?;
+        }
         // A checkpoint committed to the chain whose line never reached the file (a crash in
         // between, a full disk) is appended first, so that the lines still chain.
         if let Some(last) = last {

@@ -65,7 +65,7 @@ pub async fn reject(
     reason: &str,
 ) -> anyhow::Result<()> {
     let id = ProposalId::parse(proposal_id).map_err(|e| anyhow!(e.0))?;
-    match prove(
+    let p = match prove(
         engine,
         config,
         Verdict::Reject,
@@ -83,7 +83,17 @@ pub async fn reject(
         }
         Proof::SignedIn(admin) => engine.reject(&admin, &id, reason).await?,
     };
-    eprintln!("rejected {id}");
+    // An approved proposal is not "rejected" to the admin who withdraws its approval: say that
+    // the token already handed out is refused from now on.
+    let withdrawn = p
+        .outcome
+        .as_deref()
+        .is_some_and(|o| o.starts_with("approval withdrawn"));
+    if withdrawn {
+        eprintln!("approval of {id} withdrawn; its approval token is refused from now on");
+    } else {
+        eprintln!("rejected {id}");
+    }
     Ok(())
 }
 

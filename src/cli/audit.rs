@@ -87,7 +87,7 @@ pub async fn run(
 }
 
 /// Holds off checkpoint writers while the chain and the local checkpoint file are read.
-fn lock_local(config: &Config) -> anyhow::Result<std::fs::File> {
+fn lock_local(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
     let path = &config.audit.checkpoint_file;
     checkpoint::lock_for_reading(path).with_context(|| format!("cannot lock {}", path.display()))
 }
@@ -155,7 +155,7 @@ async fn verify(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let lock = match checkpoint_file {
-        None => Some(lock_local(config)?),
+        None => lock_local(config)?,
         Some(_) => None,
     };
     let records = engine.store().audit_records().await?;
@@ -203,7 +203,8 @@ async fn verify(
 }
 
 /// Creates (or truncates) a file readable by its owner only, whatever the umask: exports carry
-/// who did what.
+/// who did what. A symbolic link is not followed: one planted where an export goes (in `/tmp`,
+/// by another user) would have the export truncate, overwrite and `chmod` its target.
 fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let file = std::fs::OpenOptions::new()
@@ -211,7 +212,20 @@ fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)?;
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            let is_link =
+                std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            if e.raw_os_error() == Some(libc::ELOOP) && is_link {
+                std::io::Error::new(
+                    e.kind(),
+                    "it is a symbolic link, which an export does not write through: name the file itself",
+                )
+            } else {
+                e
+            }
+        })?;
     // An existing file keeps its mode on open: tighten it too.
     file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     Ok(file)

@@ -7,24 +7,42 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 
 /// Characters a terminal acts on or that change how the rest of a line reads: C0 and C1
-/// controls (ESC, CR, LF, BEL...), DEL, the Unicode line and paragraph separators, the
-/// bidirectional marks, embeddings, overrides and isolates, and invisible characters that make
-/// a name look like another.
+/// controls (ESC, CR, LF, BEL...), DEL, the Unicode line and paragraph separators, and every
+/// format character (Unicode `Cf`: the bidirectional marks, embeddings, overrides and isolates,
+/// zero-width spaces and joiners, the soft hyphen, invisible operators, the byte order mark,
+/// interlinear annotations, the tag characters U+E0000..=U+E007F that hide ASCII text) and the
+/// other invisible characters (fillers, the combining grapheme joiner, variation selectors)
+/// that make a name look like another.
 fn is_unsafe(c: char) -> bool {
     // `is_control` is the Unicode `Cc` category: U+0000..=U+001F and U+007F..=U+009F.
     c.is_control()
         || matches!(
             c,
-            '\u{2028}'
-                | '\u{2029}'
+            '\u{00ad}'
+                | '\u{034f}'
+                | '\u{0600}'..='\u{0605}'
                 | '\u{061c}'
-                | '\u{200b}'
-                | '\u{200e}'
-                | '\u{200f}'
-                | '\u{202a}'..='\u{202e}'
-                | '\u{2060}'
-                | '\u{2066}'..='\u{2069}'
+                | '\u{06dd}'
+                | '\u{070f}'
+                | '\u{0890}'..='\u{0891}'
+                | '\u{08e2}'
+                | '\u{115f}'..='\u{1160}'
+                | '\u{17b4}'..='\u{17b5}'
+                | '\u{180b}'..='\u{180f}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{3164}'
+                | '\u{fe00}'..='\u{fe0f}'
                 | '\u{feff}'
+                | '\u{ffa0}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{110bd}'
+                | '\u{110cd}'
+                | '\u{13430}'..='\u{1343f}'
+                | '\u{1bca0}'..='\u{1bca3}'
+                | '\u{1d173}'..='\u{1d17a}'
+                | '\u{e0000}'..='\u{e0fff}'
         )
 }
 
@@ -70,9 +88,10 @@ pub fn term_cut(text: &str, max: usize) -> String {
 }
 
 /// Serialised JSON made safe for a terminal. serde_json escapes C0 controls but writes DEL, C1
-/// controls, U+2028/U+2029 and the bidirectional characters raw; these become `\uXXXX` escapes,
-/// which keeps the JSON valid and equal in value (they can only occur inside strings, and all
-/// are in the Basic Multilingual Plane).
+/// controls, U+2028/U+2029, the bidirectional and the other invisible characters raw; these
+/// become `\uXXXX` escapes (a UTF-16 surrogate pair for those past the Basic Multilingual Plane,
+/// such as the tag characters), which keeps the JSON valid and equal in value (they can only
+/// occur inside strings).
 pub fn json(value: &impl serde::Serialize, pretty: bool) -> serde_json::Result<String> {
     let text = if pretty {
         serde_json::to_string_pretty(value)?
@@ -88,7 +107,10 @@ pub fn json(value: &impl serde::Serialize, pretty: bool) -> serde_json::Result<S
     let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
         if unsafe_here(c) {
-            let _ = write!(out, "\\u{:04x}", u32::from(c));
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                let _ = write!(out, "\\u{unit:04x}");
+            }
         } else {
             out.push(c);
         }
@@ -114,6 +136,19 @@ mod tests {
             ("\u{2066}iso\u{2069}", "\\u{2066}iso\\u{2069}"),
             ("bell\u{7}", "bell\\x07"),
             ("nul\0", "nul\\x00"),
+            // Invisible format characters that make one name look like another, and ASCII
+            // hidden in tag characters.
+            ("ali\u{200d}ce", "ali\\u{200d}ce"),
+            ("ali\u{200c}ce", "ali\\u{200c}ce"),
+            ("ali\u{ad}ce", "ali\\u{ad}ce"),
+            ("a\u{2064}b\u{206a}c", "a\\u{2064}b\\u{206a}c"),
+            ("a\u{180e}b\u{3164}c", "a\\u{180e}b\\u{3164}c"),
+            ("a\u{fe0f}\u{34f}b", "a\\u{fe0f}\\u{34f}b"),
+            (
+                "ok\u{e0001}\u{e0041}\u{e007f}",
+                "ok\\u{e0001}\\u{e0041}\\u{e007f}",
+            ),
+            ("\u{feff}bom", "\\u{feff}bom"),
             // Multi-byte text that is not a control stays as it is.
             ("ünïcødé €5 аlice 日本", "ünïcødé €5 аlice 日本"),
         ] {
@@ -130,13 +165,18 @@ mod tests {
 
     #[test]
     fn json_stays_valid_and_equal() {
-        let value = serde_json::json!({"owner": "\u{1b}]0;x\u{7}\u{7f}\u{85}\u{202e}\u{2028}ok"});
+        let value = serde_json::json!({
+            "owner": "\u{1b}]0;x\u{7}\u{7f}\u{85}\u{202e}\u{2028}ok",
+            // Past the Basic Multilingual Plane: a tag character becomes a surrogate pair.
+            "name": "ci\u{200d}\u{e0041}\u{e0042}-deploy 日本",
+        });
         for pretty in [false, true] {
             let text = json(&value, pretty).expect("json");
             assert!(!text.chars().any(|c| c != '\n' && is_unsafe(c)), "{text:?}");
             assert_eq!(text.lines().count() > 1, pretty, "{text:?}");
             let back: serde_json::Value = serde_json::from_str(&text).expect("valid json");
             assert_eq!(back, value);
+            assert!(text.contains("\\udb40\\udc41"), "{text:?}");
         }
     }
 }

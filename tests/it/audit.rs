@@ -603,3 +603,203 @@ async fn serve_writes_checkpoints_periodically_only_when_records_were_added_and_
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("not yet covered: 1 records"), "{out}");
 }
+
+/// Whoever can write the data dir plants a symbolic link where the checkpoint file goes: the
+/// server must not append signed lines to (or create, or lock) a file elsewhere through it.
+#[tokio::test]
+async fn a_checkpoint_file_that_is_a_symlink_is_not_written_through() {
+    let env = env_with_checkpoint(2, 1);
+    let file = checkpoint_file(&env);
+    let lines = std::fs::read_to_string(&file).expect("read");
+    let elsewhere = env.dir.path().join("elsewhere.txt");
+    std::fs::write(&elsewhere, "not the server's\n").expect("write");
+    std::fs::remove_file(&file).expect("rm");
+    std::os::unix::fs::symlink(&elsewhere, &file).expect("symlink");
+    for args in [&["audit", "checkpoint"][..], &["audit", "verify"][..]] {
+        let out = env.cli(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} went through the link");
+        assert!(err.contains("symbolic link"), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&elsewhere).expect("read"),
+        "not the server's\n"
+    );
+    // A dangling link: nothing is created at its target either.
+    let target = env.dir.path().join("created-through-link.jsonl");
+    std::fs::remove_file(&file).expect("rm");
+    std::os::unix::fs::symlink(&target, &file).expect("symlink");
+    for args in [&["audit", "checkpoint"][..], &["audit", "verify"][..]] {
+        assert!(!env.cli(args).status.success(), "{args:?}");
+    }
+    assert!(!target.exists(), "created through a dangling link");
+    // The file itself back in place: all is well.
+    std::fs::remove_file(&file).expect("rm");
+    std::fs::write(&file, lines).expect("restore");
+    let (code, _, err) = verify_with(&env, &[]);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// Clears the immutable attribute again, even when the test fails.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(path: &std::path::Path) -> Self {
+        let out = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .output()
+            .expect("run chattr (e2fsprogs; install it with `apt-get install e2fsprogs`)");
+        assert!(
+            out.status.success(),
+            "chattr +i: {} (needs an ext4/xfs file system and CAP_LINUX_IMMUTABLE)",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(path.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// An auditor verifies a checkpoint file nobody may write (an immutable file, as on a read-only
+/// mount; permissions do not stop root, the attribute does): `verify` and `export` read it
+/// under a shared lock instead of failing to open it for appending.
+#[tokio::test]
+async fn a_read_only_checkpoint_file_still_verifies_and_exports() {
+    let env = env_with_checkpoint(3, 1);
+    let file = checkpoint_file(&env);
+    let _guard = Immutable::set(&file);
+    assert!(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .is_err(),
+        "the file is still writable"
+    );
+    let (code, out, err) = verify_with(&env, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("the first 3 records match"), "{out}");
+    let export = env.dir.path().join("export.jsonl");
+    let out = env.cli(&[
+        "audit",
+        "export",
+        "--output",
+        export.to_str().expect("utf8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&export).expect("export");
+    let last = Checkpoint::parse(text.lines().last().expect("lines")).expect("checkpoint");
+    assert!(last.count >= 5, "{last:?}");
+    // Tampering is still found against it.
+    tamper(&env, &["DELETE FROM audit_log WHERE seq >= 3"]).await;
+    fails_with(&env, &[], &["truncated"]);
+    // Writing a checkpoint fails, saying so.
+    let out = env.cli(&["audit", "checkpoint"]);
+    assert!(!out.status.success());
+}
+
+/// Another local user plants a symbolic link where the admin exports to (a shared `/tmp`): the
+/// export must not truncate, overwrite or `chmod` the link's target.
+#[tokio::test]
+async fn an_export_does_not_write_through_a_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = env_with_records(2);
+    let victim = env.dir.path().join("victim.conf");
+    std::fs::write(&victim, "keep me\n").expect("write");
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let link = env.dir.path().join("export.jsonl");
+    std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+    let out = env.cli(&["audit", "export", "--output", link.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exported through the link");
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).expect("read"), "keep me\n");
+    let mode = std::fs::metadata(&victim)
+        .expect("meta")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o644);
+    // A dangling link creates nothing at its target either; a plain path still exports.
+    let target = env.dir.path().join("made-through-link.jsonl");
+    let dangling = env.dir.path().join("dangling.jsonl");
+    std::os::unix::fs::symlink(&target, &dangling).expect("symlink");
+    let out = env.cli(&[
+        "audit",
+        "export",
+        "--output",
+        dangling.to_str().expect("utf8"),
+    ]);
+    assert!(!out.status.success());
+    assert!(!target.exists(), "created through a dangling link");
+    let plain = env.dir.path().join("plain.jsonl");
+    let out = env.cli(&["audit", "export", "--output", plain.to_str().expect("utf8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read_to_string(&plain)
+            .expect("read")
+            .lines()
+            .count()
+            >= 2
+    );
+}
+
+/// A checkpoint file whose last line lost its newline (copied back, edited by hand): the next
+/// checkpoint is a line of its own, not glued to it (which made every later `verify` fail).
+#[tokio::test]
+async fn a_checkpoint_file_without_a_final_newline_takes_the_next_line_apart() {
+    let env = env_with_checkpoint(2, 1);
+    let file = checkpoint_file(&env);
+    let text = std::fs::read_to_string(&file).expect("read");
+    std::fs::write(&file, text.trim_end()).expect("write");
+    assert!(env.cli(&["identities", "list"]).status.success());
+    checkpoint_now(&env);
+    assert_eq!(checkpoints(&env).len(), 2);
+    let (code, out, err) = verify_with(&env, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("2 checkpoints"), "{out}");
+}
+
+/// The newest line of the checkpoint file cut in half, and the covered records cut from the
+/// database: the newest line cannot be read, so the server cannot tell whether the log
+/// contradicts it, and must not sign (it did, skipping its check).
+#[tokio::test]
+async fn a_cut_newest_checkpoint_line_is_not_signed_over() {
+    let env = env_with_checkpoint(2, 1);
+    assert!(env.cli(&["identities", "list"]).status.success());
+    checkpoint_now(&env);
+    let file = checkpoint_file(&env);
+    let text = std::fs::read_to_string(&file).expect("read");
+    let cut = text.len() - 40;
+    std::fs::write(&file, &text[..cut]).expect("write");
+    tamper(&env, &["DELETE FROM audit_log WHERE seq >= 5"]).await;
+    assert!(env.cli(&["identities", "list"]).status.success());
+    let out = env.cli(&["audit", "checkpoint"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "signed over an unreadable newest line"
+    );
+    assert!(
+        err.contains("not signing") && err.contains("not a signed checkpoint"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).expect("read"), &text[..cut]);
+}

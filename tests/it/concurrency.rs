@@ -231,6 +231,12 @@ async fn a_withdrawn_approval_refuses_its_token() {
         "changed my mind",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // The admin is told it was a withdrawal, not the rejection of a pending proposal.
+    assert!(
+        stderr(&out).contains("withdrawn") && stderr(&out).contains("refused"),
+        "{}",
+        stderr(&out)
+    );
     let p = shown(&env, &id);
     assert_eq!(p["status"], "rejected");
     let outcome = p["outcome"].as_str().expect("outcome");
@@ -378,4 +384,72 @@ async fn withdrawal_and_apply_at_once_exactly_one_wins() {
         assert!(env.cli(&["audit", "verify"]).status.success());
     }
     eprintln!("withdrawal vs apply outcomes: {outcomes:?}");
+}
+
+/// A withdrawn approval of a revocation: its token is refused through `revoke_identity` too (the
+/// other way in), the identity is untouched, and asking again makes a new proposal that needs a
+/// new approval (the old token is no good for it either).
+#[tokio::test]
+async fn a_withdrawn_revocation_token_is_refused_through_revoke_identity() {
+    let env = Env::new();
+    let client = env.stdio().await;
+    let identity = "demo-aws:user/legacy-backup";
+    let proposed = client
+        .call(
+            "revoke_identity",
+            json!({"identity_id": identity, "reason": "stale and ownerless"}),
+        )
+        .await
+        .ok();
+    let id = proposed["proposal"]["id"].as_str().expect("id").to_owned();
+    let token = env.approve(&id, "alice@example.com");
+    let out = env.cli(&[
+        "reject",
+        &id,
+        "--approver",
+        "bob@example.com",
+        "--reason",
+        "not this one",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let refused = client
+        .call(
+            "revoke_identity",
+            json!({"identity_id": identity, "approval_token": token}),
+        )
+        .await
+        .tool_error();
+    assert!(refused.contains("withdrawn"), "{refused}");
+    let d = client
+        .call("get_identity", json!({"identity_id": identity}))
+        .await
+        .ok();
+    assert!(
+        d["identity"]["credentials"]
+            .as_array()
+            .expect("creds")
+            .iter()
+            .any(|c| c["status"] == "active"),
+        "{d}"
+    );
+    // A new proposal for the same revocation: the withdrawn token does not carry over.
+    let again = client
+        .call(
+            "revoke_identity",
+            json!({"identity_id": identity, "reason": "asking again"}),
+        )
+        .await
+        .ok();
+    let id2 = again["proposal"]["id"].as_str().expect("id").to_owned();
+    assert_ne!(id2, id);
+    let refused = client
+        .call(
+            "revoke_identity",
+            json!({"identity_id": identity, "approval_token": token}),
+        )
+        .await
+        .tool_error();
+    assert!(refused.contains("withdrawn"), "{refused}");
+    assert_eq!(shown(&env, &id2)["status"], "pending_approval");
+    client.close().await;
 }
