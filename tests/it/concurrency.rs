@@ -408,6 +408,8 @@ async fn a_withdrawn_revocation_token_is_refused_through_revoke_identity() {
         &id,
         "--approver",
         "bob@example.com",
+        "--key",
+        &env.key_arg("bob@example.com"),
         "--reason",
         "not this one",
     ]);
