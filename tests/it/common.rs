@@ -599,3 +599,19 @@ pub async fn wait_for_step_in_flight(env: &Env, id: &str, step: u64) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Runs the Python SDK's workflow script (tests/python/workflow.py) against `env`, approving as
+/// alice with her key; `extra` picks the transport and mode. Answers what the script did.
+pub fn python_workflow_output(env: &Env, extra: &[&str]) -> Output {
+    std::process::Command::new(peer_path("NHI_TEST_PYTHON"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/workflow.py"))
+        .args(["--binary", BIN, "--data-dir"])
+        .arg(&env.data)
+        .arg("--config")
+        .arg(env.config.as_ref().expect("config"))
+        .arg("--approver-key")
+        .arg(env.key("alice@example.com"))
+        .args(extra)
+        .output()
+        .expect("run the Python SDK workflow")
+}

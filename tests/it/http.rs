@@ -97,17 +97,7 @@ fn python_sdk_ends_its_session_without_a_warning() {
     let server = env.http_server();
     // `legacy` negotiates 2025-11-25, which has sessions; the SDK ends its session with DELETE
     // and warns unless the answer is 200 or 204 (rmcp's own is 202).
-    let out = std::process::Command::new(peer_path("NHI_TEST_PYTHON"))
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/workflow.py"))
-        .args(["--binary", BIN, "--data-dir"])
-        .arg(&env.data)
-        .arg("--config")
-        .arg(env.config.as_ref().expect("config"))
-        .arg("--approver-key")
-        .arg(env.key("alice@example.com"))
-        .args(["--mode", "legacy", "--http", &server.url])
-        .output()
-        .expect("python");
+    let out = python_workflow_output(&env, &["--mode", "legacy", "--http", &server.url]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");

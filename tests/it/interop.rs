@@ -13,25 +13,9 @@ fn peer(var: &str) -> PathBuf {
     peer_path(var)
 }
 
-fn workflow_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/workflow.py")
-}
-
 /// Runs the Python SDK workflow; returns its JSON report.
 fn python_workflow(env: &Env, extra: &[&str]) -> Value {
-    let out = Command::new(peer("NHI_TEST_PYTHON"))
-        .arg(workflow_script())
-        .arg("--binary")
-        .arg(BIN)
-        .arg("--data-dir")
-        .arg(&env.data)
-        .arg("--config")
-        .arg(env.config.as_ref().expect("config"))
-        .arg("--approver-key")
-        .arg(env.key("alice@example.com"))
-        .args(extra)
-        .output()
-        .expect("run python");
+    let out = python_workflow_output(env, extra);
     assert!(
         out.status.success(),
         "python workflow failed:\n{}\n{}",

@@ -412,22 +412,8 @@ fn python_sdk_with_a_bearer_header() {
     let env = Env::with_config(&idp.config(""));
     let server = env.http_server();
     let token = rt.block_on(idp.token("agent", "nhi:read nhi:propose nhi:apply", RESOURCE));
-    let out = std::process::Command::new(peer_path("NHI_TEST_PYTHON"))
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/workflow.py"))
-        .args(["--binary", BIN, "--data-dir"])
-        .arg(&env.data)
-        .arg("--config")
-        .arg(env.config.as_ref().expect("config"))
-        .arg("--approver-key")
-        .arg(env.key("alice@example.com"))
-        .args([
-            "--http",
-            &server.url,
-            "--header",
-            &format!("Authorization: Bearer {token}"),
-        ])
-        .output()
-        .expect("python");
+    let header = format!("Authorization: Bearer {token}");
+    let out = python_workflow_output(&env, &["--http", &server.url, "--header", &header]);
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -712,18 +698,18 @@ fn python_sdk_with_a_bearer_header_and_a_session_ends_it_without_warning() {
     let server = env.http_server();
     let token = rt.block_on(idp.token("agent", "nhi:read nhi:propose nhi:apply", RESOURCE));
     // `legacy` negotiates 2025-11-25: a session, bound to the token's principal, ended by DELETE.
-    let out = std::process::Command::new(peer_path("NHI_TEST_PYTHON"))
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/workflow.py"))
-        .args(["--binary", BIN, "--data-dir"])
-        .arg(&env.data)
-        .arg("--config")
-        .arg(env.config.as_ref().expect("config"))
-        .arg("--approver-key")
-        .arg(env.key("alice@example.com"))
-        .args(["--mode", "legacy", "--http", &server.url, "--header"])
-        .arg(format!("Authorization: Bearer {token}"))
-        .output()
-        .expect("python");
+    let header = format!("Authorization: Bearer {token}");
+    let out = python_workflow_output(
+        &env,
+        &[
+            "--mode",
+            "legacy",
+            "--http",
+            &server.url,
+            "--header",
+            &header,
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let report: Value = serde_json::from_slice(&out.stdout).expect("json");
