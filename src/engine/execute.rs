@@ -576,7 +576,9 @@ mod tests {
             data_dir: Some(dir.path().join("data")),
         };
         let config = Config::from_toml(&toml, None, &overrides).expect("config");
-        let mut engine = Engine::open(&config).await.expect("engine");
+        let mut engine = crate::cli::compose::open_engine(&config)
+            .await
+            .expect("engine");
         let rolling_back = Arc::new(tokio::sync::Notify::new());
         let inner = engine.providers["inv"].clone();
         engine.providers.insert(

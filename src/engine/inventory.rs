@@ -465,7 +465,9 @@ mod tests {
             data_dir: Some(dir.join("data")),
         };
         let config = Config::from_toml(&toml, None, &overrides).expect("config");
-        Engine::open(&config).await.expect("engine")
+        crate::cli::compose::open_engine(&config)
+            .await
+            .expect("engine")
     }
 
     fn agent(tool: &str) -> Caller {

@@ -18,12 +18,11 @@ use serde_json::Value;
 
 use crate::audit::{AuditEntry, Decision};
 use crate::authz::{ApprovalKey, Policy, PolicyAction, PolicyDecision, Principal, Scope};
-use crate::config::{Config, ProviderKind, SinkConfig};
+use crate::config::Config;
 use crate::model::{
     Action, CredentialId, Identity, IdentityId, Proposal, ProposalId, ProposalStatus, Thresholds,
 };
-use crate::providers::inventory::InventoryProvider;
-use crate::providers::sink::{FileSink, SecretSink, SecretsManagerSink};
+use crate::providers::sink::SecretSink;
 use crate::providers::{Provider, ProviderError};
 use crate::store::{Store, StoreError};
 
@@ -213,47 +212,20 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens the store, the approval key and every configured provider.
-    pub async fn open(config: &Config) -> anyhow::Result<Self> {
-        let mut engine = Self::open_without_providers(config).await?;
-        let file_sink: Arc<dyn SecretSink> = Arc::new(FileSink::new(&config.data_dir));
-        for p in &config.providers {
-            let provider: Arc<dyn Provider> = match &p.kind {
-                ProviderKind::Inventory { source } => Arc::new(InventoryProvider::open(
-                    p.name.clone(),
-                    source.clone(),
-                    &config.data_dir,
-                )?),
-                ProviderKind::Postgres { url } => {
-                    Arc::new(crate::providers::postgres::PostgresProvider::connect_lazy(
-                        p.name.clone(),
-                        &url.read()?,
-                    )?)
-                }
-                ProviderKind::AwsIam {
-                    endpoint,
-                    tag_keys,
-                    path_prefix,
-                } => {
-                    let sdk = crate::providers::aws_iam::sdk_config(endpoint).await;
-                    Arc::new(crate::providers::aws_iam::AwsIamProvider::new(
-                        p.name.clone(),
-                        &sdk,
-                        tag_keys.clone(),
-                        path_prefix.clone(),
-                    ))
-                }
-            };
-            let sink: Arc<dyn SecretSink> = match &p.sink {
-                SinkConfig::File => file_sink.clone(),
-                SinkConfig::SecretsManager { prefix, endpoint } => {
-                    let sdk = crate::providers::aws_iam::sdk_config(endpoint).await;
-                    Arc::new(SecretsManagerSink::new(&sdk, prefix.clone()))
-                }
-            };
-            engine.providers.insert(p.name.to_string(), provider);
-            engine.sinks.insert(p.name.to_string(), sink);
+    /// Opens the store, the approval key and the policy, with providers and their secret
+    /// sinks already built (by start-up code: `cli::compose`), each keyed by the provider's
+    /// configured name. Every provider needs a sink.
+    pub async fn open(
+        config: &Config,
+        providers: BTreeMap<String, Arc<dyn Provider>>,
+        sinks: BTreeMap<String, Arc<dyn SecretSink>>,
+    ) -> anyhow::Result<Self> {
+        if let Some(name) = providers.keys().find(|name| !sinks.contains_key(*name)) {
+            anyhow::bail!("provider `{name}` has no secret sink");
         }
+        let mut engine = Self::open_without_providers(config).await?;
+        engine.providers = providers;
+        engine.sinks = sinks;
         Ok(engine)
     }
 
