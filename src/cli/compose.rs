@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use crate::config::{Config, ProviderKind, SinkConfig};
 use crate::engine::Engine;
-use crate::providers::Provider;
+use crate::ports::{Provider, SecretSink};
 use crate::providers::aws_iam::{AwsIamProvider, sdk_config};
 use crate::providers::inventory::InventoryProvider;
 use crate::providers::postgres::PostgresProvider;
-use crate::providers::sink::{FileSink, SecretSink, SecretsManagerSink};
+use crate::providers::sink::{FileSink, SecretsManagerSink};
 
 /// The built providers and their secret sinks, each keyed by the provider's configured name.
 #[derive(Default)]
@@ -69,4 +69,97 @@ pub async fn adapters(config: &Config) -> anyhow::Result<Adapters> {
 pub async fn open_engine(config: &Config) -> anyhow::Result<Engine> {
     let Adapters { providers, sinks } = adapters(config).await?;
     Engine::open(config, providers, sinks).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    /// The non-test code of every `.rs` file under `dir` (a file's `mod tests` is cut off).
+    fn sources(dir: &Path) -> Vec<(PathBuf, String)> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(sources(&path));
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read");
+                let code = match text.find("#[cfg(test)]\nmod tests") {
+                    Some(at) => text[..at].to_owned(),
+                    None => text,
+                };
+                out.push((path, code));
+            }
+        }
+        out
+    }
+
+    fn src() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+    }
+
+    /// The circle engine → providers → config → aws_iam → engine stays broken: the engine
+    /// reaches providers through `ports` only, adapters and config never import the engine or
+    /// start-up code, and config never imports an adapter.
+    #[test]
+    fn engine_and_adapters_meet_only_in_ports_and_start_up() {
+        let rules: [(&str, &[&str]); 4] = [
+            ("engine", &["crate::providers", "crate::cli"]),
+            ("providers", &["crate::engine", "crate::cli"]),
+            (
+                "ports.rs",
+                &["crate::engine", "crate::providers", "crate::cli"],
+            ),
+            (
+                "config.rs",
+                &["crate::engine", "crate::providers", "crate::cli"],
+            ),
+        ];
+        for (part, forbidden) in rules {
+            let at = src().join(part);
+            let files = if at.is_dir() {
+                sources(&at)
+            } else {
+                let text = std::fs::read_to_string(&at).expect("read");
+                let code = text
+                    .find("#[cfg(test)]\nmod tests")
+                    .map_or(text.clone(), |i| text[..i].to_owned());
+                vec![(at, code)]
+            };
+            assert!(!files.is_empty(), "no sources under {part}");
+            for (path, code) in files {
+                // The conformance suite is a test-only module of `providers/`.
+                if path.ends_with("providers/conformance.rs") {
+                    continue;
+                }
+                for f in forbidden {
+                    assert!(!code.contains(f), "{} names `{f}`", path.display());
+                }
+            }
+        }
+    }
+
+    /// Only the engine makes an `ApprovedPlan`: its constructor is called from `engine/` alone.
+    #[test]
+    fn only_the_engine_makes_an_approved_plan() {
+        let engine = src().join("engine");
+        let mut callers = 0;
+        for (path, code) in sources(&src()) {
+            if code.contains("ApprovedPlan::of_applying") {
+                assert!(
+                    path.starts_with(&engine),
+                    "{} makes an ApprovedPlan",
+                    path.display()
+                );
+                callers += 1;
+            }
+        }
+        assert!(
+            callers > 0,
+            "the engine makes its plans with `ApprovedPlan::of_applying`"
+        );
+    }
 }

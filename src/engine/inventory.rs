@@ -20,7 +20,7 @@ use tokio::sync::{Mutex, RwLock};
 use super::query::Freshness;
 use super::{Engine, Result, list_with_timeout, with_timeout};
 use crate::model::{Identity, IdentityId};
-use crate::providers::Provider;
+use crate::ports::Provider;
 
 /// A failed background refresh is tried again after this long at most (sooner when the
 /// provider's `refresh` is shorter).

@@ -19,13 +19,11 @@ use serde_json::Value;
 use crate::audit::{AuditEntry, Decision};
 use crate::authz::{ApprovalKey, Policy, PolicyAction, PolicyDecision, Principal, Scope};
 use crate::config::Config;
-use crate::model::{
-    Action, CredentialId, Identity, IdentityId, Proposal, ProposalId, ProposalStatus, Thresholds,
-};
-use crate::providers::sink::SecretSink;
-use crate::providers::{Provider, ProviderError};
+use crate::model::{Identity, IdentityId, ProposalId, Thresholds};
+use crate::ports::{Provider, ProviderError, SecretSink};
 use crate::store::{Store, StoreError};
 
+pub use crate::ports::ApprovedPlan;
 pub use cursor::Page;
 pub use query::{
     FindingQuery, FindingsPage, FindingsSummary, Freshness, IdentitiesPage, IdentityDetail,
@@ -124,74 +122,6 @@ impl Caller {
         AuditEntry::new(&self.principal.id, &self.tool, &self.arguments, decision)
             .caller(&self.principal)
             .policies(ids)
-    }
-}
-
-/// A plan the approval check (or recovery of one it let through) has cleared for execution.
-/// Only this module can make one, so a provider's `apply_step` cannot run an unapproved plan.
-#[derive(Debug, Clone)]
-pub struct ApprovedPlan {
-    proposal_id: ProposalId,
-    identity_id: IdentityId,
-    action: Action,
-    grace: Duration,
-    /// The credentials the approved snapshot listed: anything else an interrupted step left
-    /// behind is the step's own doing.
-    snapshot_credentials: Vec<CredentialId>,
-}
-
-impl ApprovedPlan {
-    /// For a proposal the apply check moved to `applying`, or one found there on restart.
-    fn of_applying(proposal: &Proposal) -> Option<Self> {
-        (proposal.status == ProposalStatus::Applying).then(|| Self {
-            proposal_id: proposal.body.id.clone(),
-            identity_id: proposal.body.identity_id.clone(),
-            action: proposal.body.action,
-            grace: Duration::from_secs(proposal.body.grace_period_secs),
-            snapshot_credentials: proposal
-                .body
-                .snapshot
-                .credentials
-                .iter()
-                .map(|c| c.id.clone())
-                .collect(),
-        })
-    }
-
-    /// For the provider conformance suite, which runs steps without a proposal.
-    #[cfg(test)]
-    pub(crate) fn for_conformance_tests(
-        identity_id: IdentityId,
-        action: Action,
-        snapshot_credentials: Vec<CredentialId>,
-    ) -> Self {
-        Self {
-            snapshot_credentials,
-            proposal_id: ProposalId::generate(),
-            identity_id,
-            action,
-            grace: Duration::ZERO,
-        }
-    }
-
-    pub fn proposal_id(&self) -> &ProposalId {
-        &self.proposal_id
-    }
-
-    pub fn identity_id(&self) -> &IdentityId {
-        &self.identity_id
-    }
-
-    pub fn action(&self) -> Action {
-        self.action
-    }
-
-    pub fn grace(&self) -> Duration {
-        self.grace
-    }
-
-    pub fn snapshot_credentials(&self) -> &[CredentialId] {
-        &self.snapshot_credentials
     }
 }
 

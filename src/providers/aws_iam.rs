@@ -31,12 +31,13 @@ use chrono::{DateTime, Utc};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use super::{Provider, ProviderError, StepResult};
-use crate::engine::ApprovedPlan;
+pub use crate::config::{AwsEndpoint, TagKeys};
 use crate::model::proposal::BlastRadius;
 use crate::model::{
     Credential, CredentialId, CredentialKind, CredentialStatus, Identity, IdentityId, IdentityKind,
     Permissions, PlanStep, ProviderName, Secret, StepAction,
 };
+use crate::ports::ApprovedPlan;
 
 /// The credential id of a user's console password (its login profile).
 pub const CONSOLE_PASSWORD: &str = "console-password";
@@ -46,34 +47,6 @@ const ADMIN_POLICIES: [&str; 2] = ["AdministratorAccess", "IAMFullAccess"];
 
 /// Calls in flight at once while reading per-user details.
 const CONCURRENCY: usize = 16;
-
-/// Which tags hold an identity's owner, environment and purpose.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TagKeys {
-    pub owner: String,
-    pub environment: String,
-    pub purpose: String,
-}
-
-impl Default for TagKeys {
-    fn default() -> Self {
-        Self {
-            owner: "owner".to_owned(),
-            environment: "environment".to_owned(),
-            purpose: "purpose".to_owned(),
-        }
-    }
-}
-
-/// Where the AWS clients connect.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AwsEndpoint {
-    pub region: Option<String>,
-    pub endpoint_url: Option<String>,
-    pub profile: Option<String>,
-    /// How long one AWS call may take, retries included (default 25 s).
-    pub timeout: Option<Duration>,
-}
 
 /// The SDK configuration for `endpoint`: the standard credential chain, rustls with ring,
 /// bounded timeouts and the SDK's standard retries (3 attempts).
