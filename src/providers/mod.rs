@@ -4,6 +4,7 @@
 //! applying rotations and revocations) that default to "unsupported". Providers know nothing of
 //! MCP, HTTP or the store.
 
+pub mod aws;
 pub mod aws_iam;
 #[cfg(test)]
 mod conformance;
