@@ -163,4 +163,33 @@ mod tests {
             "the engine makes its plans with `ApprovedPlan::of_applying`"
         );
     }
+
+    /// A provider whose sink is missing, or keyed under a look-alike name, is refused when the
+    /// engine opens, not when its first secret has nowhere to go.
+    #[tokio::test]
+    async fn every_provider_needs_its_own_sink() {
+        let dir = tempfile::tempdir().expect("dir");
+        let overrides = crate::config::Overrides {
+            config_file: None,
+            data_dir: Some(dir.path().join("data")),
+        };
+        let config = crate::config::Config::from_toml("", None, &overrides).expect("config");
+        let super::Adapters { providers, sinks } = super::adapters(&config).await.expect("build");
+        let name = providers.keys().next().expect("a demo provider").clone();
+        let mut renamed = sinks.clone();
+        let sink = renamed.remove(&name).expect("its sink");
+        renamed.insert(format!("{} ", name.to_uppercase()), sink);
+        let err = super::Engine::open(&config, providers.clone(), renamed)
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(
+            err.to_string(),
+            format!("provider `{name}` has no secret sink")
+        );
+        let engine = super::Engine::open(&config, providers, sinks)
+            .await
+            .expect("open");
+        assert!(engine.provider_names().contains(&name));
+    }
 }
