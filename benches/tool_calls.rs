@@ -659,7 +659,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let config = Arc::new(Config::load(&overrides)?);
     let bearer = bearer(&overrides)?;
-    let engine = Arc::new(Engine::open(&config).await?);
+    let engine = Arc::new(nhi_mcp::cli::compose::open_engine(&config).await?);
     let cancel = CancellationToken::new();
 
     let started = Instant::now();

@@ -9,7 +9,6 @@ use serde::Deserialize;
 
 use crate::authz::{Principal, Scope};
 use crate::model::{ProviderName, Thresholds, quote_input};
-use crate::providers::aws_iam::{AwsEndpoint, TagKeys};
 
 /// The embedded demo inventories, used when no config names providers.
 pub const DEMO_INVENTORIES: [(&str, &str); 4] = [
@@ -1005,6 +1004,34 @@ fn approvers(
         out.push(ApproverConfig { id, public_key });
     }
     Ok(out)
+}
+
+/// Which tags hold an identity's owner, environment and purpose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagKeys {
+    pub owner: String,
+    pub environment: String,
+    pub purpose: String,
+}
+
+impl Default for TagKeys {
+    fn default() -> Self {
+        Self {
+            owner: "owner".to_owned(),
+            environment: "environment".to_owned(),
+            purpose: "purpose".to_owned(),
+        }
+    }
+}
+
+/// Where the AWS clients connect.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AwsEndpoint {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub profile: Option<String>,
+    /// How long one AWS call may take, retries included (default 25 s).
+    pub timeout: Option<Duration>,
 }
 
 #[cfg(test)]

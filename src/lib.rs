@@ -11,5 +11,6 @@ pub mod engine;
 pub mod http;
 pub mod mcp;
 pub mod model;
+pub mod ports;
 pub mod providers;
 pub mod store;

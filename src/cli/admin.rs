@@ -20,7 +20,7 @@ pub async fn run(config: Config, command: Command) -> anyhow::Result<()> {
     // Only the commands that call providers build them (and read their secrets): an approver
     // needs the data dir and the approval key, not every provider's credentials.
     let engine = if needs_providers(&command) {
-        Engine::open(&config).await?
+        super::compose::open_engine(&config).await?
     } else {
         Engine::open_without_providers(&config).await?
     };

@@ -4,6 +4,7 @@
 mod admin;
 mod approver;
 mod audit;
+pub mod compose;
 mod device;
 pub mod output;
 
@@ -17,7 +18,6 @@ use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Overrides};
-use crate::engine::Engine;
 use crate::mcp::NhiServer;
 
 /// How often the server expires overdue proposals and runs steps whose grace period is over.
@@ -306,7 +306,7 @@ async fn serve(config: Config, http: Option<String>) -> anyhow::Result<()> {
         crate::http::check_listen_address(addr, config.http.auth.is_some())?;
     }
     let _lock = lock_data_dir(&config.data_dir)?;
-    let engine = Arc::new(Engine::open(&config).await?);
+    let engine = Arc::new(compose::open_engine(&config).await?);
     for (id, what) in engine.recover().await? {
         tracing::warn!(proposal = %id, "{what}");
     }

@@ -15,7 +15,7 @@ use super::{ApprovedPlan, Engine, EngineError, Result, bounded, with_timeout};
 use crate::audit::{AuditEntry, Decision};
 use crate::model::proposal::{StepPhase, StepRecord, StepStatus};
 use crate::model::{PlanStep, Proposal, ProposalId, ProposalStatus, StepAction};
-use crate::providers::{ProviderError, StepResult};
+use crate::ports::{ProviderError, StepResult};
 
 /// Attempts of one step against an unavailable provider before the proposal fails.
 const MAX_ATTEMPTS: usize = 5;
@@ -485,7 +485,7 @@ mod tests {
     use crate::config::{Config, Overrides};
     use crate::engine::Caller;
     use crate::model::{Credential, Identity, IdentityId, ProviderName};
-    use crate::providers::Provider;
+    use crate::ports::Provider;
 
     /// The demo inventory, except that creating a credential is refused and undoing it never
     /// answers: a provider that stalls during rollback.
@@ -576,7 +576,9 @@ mod tests {
             data_dir: Some(dir.path().join("data")),
         };
         let config = Config::from_toml(&toml, None, &overrides).expect("config");
-        let mut engine = Engine::open(&config).await.expect("engine");
+        let mut engine = crate::cli::compose::open_engine(&config)
+            .await
+            .expect("engine");
         let rolling_back = Arc::new(tokio::sync::Notify::new());
         let inner = engine.providers["inv"].clone();
         engine.providers.insert(

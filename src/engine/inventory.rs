@@ -20,7 +20,7 @@ use tokio::sync::{Mutex, RwLock};
 use super::query::Freshness;
 use super::{Engine, Result, list_with_timeout, with_timeout};
 use crate::model::{Identity, IdentityId};
-use crate::providers::Provider;
+use crate::ports::Provider;
 
 /// A failed background refresh is tried again after this long at most (sooner when the
 /// provider's `refresh` is shorter).
@@ -465,7 +465,9 @@ mod tests {
             data_dir: Some(dir.join("data")),
         };
         let config = Config::from_toml(&toml, None, &overrides).expect("config");
-        Engine::open(&config).await.expect("engine")
+        crate::cli::compose::open_engine(&config)
+            .await
+            .expect("engine")
     }
 
     fn agent(tool: &str) -> Caller {

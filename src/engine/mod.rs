@@ -18,15 +18,12 @@ use serde_json::Value;
 
 use crate::audit::{AuditEntry, Decision};
 use crate::authz::{ApprovalKey, Policy, PolicyAction, PolicyDecision, Principal, Scope};
-use crate::config::{Config, ProviderKind, SinkConfig};
-use crate::model::{
-    Action, CredentialId, Identity, IdentityId, Proposal, ProposalId, ProposalStatus, Thresholds,
-};
-use crate::providers::inventory::InventoryProvider;
-use crate::providers::sink::{FileSink, SecretSink, SecretsManagerSink};
-use crate::providers::{Provider, ProviderError};
+use crate::config::Config;
+use crate::model::{Identity, IdentityId, ProposalId, Thresholds};
+use crate::ports::{Provider, ProviderError, SecretSink};
 use crate::store::{Store, StoreError};
 
+pub use crate::ports::ApprovedPlan;
 pub use cursor::Page;
 pub use query::{
     FindingQuery, FindingsPage, FindingsSummary, Freshness, IdentitiesPage, IdentityDetail,
@@ -128,74 +125,6 @@ impl Caller {
     }
 }
 
-/// A plan the approval check (or recovery of one it let through) has cleared for execution.
-/// Only this module can make one, so a provider's `apply_step` cannot run an unapproved plan.
-#[derive(Debug, Clone)]
-pub struct ApprovedPlan {
-    proposal_id: ProposalId,
-    identity_id: IdentityId,
-    action: Action,
-    grace: Duration,
-    /// The credentials the approved snapshot listed: anything else an interrupted step left
-    /// behind is the step's own doing.
-    snapshot_credentials: Vec<CredentialId>,
-}
-
-impl ApprovedPlan {
-    /// For a proposal the apply check moved to `applying`, or one found there on restart.
-    fn of_applying(proposal: &Proposal) -> Option<Self> {
-        (proposal.status == ProposalStatus::Applying).then(|| Self {
-            proposal_id: proposal.body.id.clone(),
-            identity_id: proposal.body.identity_id.clone(),
-            action: proposal.body.action,
-            grace: Duration::from_secs(proposal.body.grace_period_secs),
-            snapshot_credentials: proposal
-                .body
-                .snapshot
-                .credentials
-                .iter()
-                .map(|c| c.id.clone())
-                .collect(),
-        })
-    }
-
-    /// For the provider conformance suite, which runs steps without a proposal.
-    #[cfg(test)]
-    pub(crate) fn for_conformance_tests(
-        identity_id: IdentityId,
-        action: Action,
-        snapshot_credentials: Vec<CredentialId>,
-    ) -> Self {
-        Self {
-            snapshot_credentials,
-            proposal_id: ProposalId::generate(),
-            identity_id,
-            action,
-            grace: Duration::ZERO,
-        }
-    }
-
-    pub fn proposal_id(&self) -> &ProposalId {
-        &self.proposal_id
-    }
-
-    pub fn identity_id(&self) -> &IdentityId {
-        &self.identity_id
-    }
-
-    pub fn action(&self) -> Action {
-        self.action
-    }
-
-    pub fn grace(&self) -> Duration {
-        self.grace
-    }
-
-    pub fn snapshot_credentials(&self) -> &[CredentialId] {
-        &self.snapshot_credentials
-    }
-}
-
 pub struct Engine {
     store: Store,
     providers: BTreeMap<String, Arc<dyn Provider>>,
@@ -216,47 +145,20 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens the store, the approval key and every configured provider.
-    pub async fn open(config: &Config) -> anyhow::Result<Self> {
-        let mut engine = Self::open_without_providers(config).await?;
-        let file_sink: Arc<dyn SecretSink> = Arc::new(FileSink::new(&config.data_dir));
-        for p in &config.providers {
-            let provider: Arc<dyn Provider> = match &p.kind {
-                ProviderKind::Inventory { source } => Arc::new(InventoryProvider::open(
-                    p.name.clone(),
-                    source.clone(),
-                    &config.data_dir,
-                )?),
-                ProviderKind::Postgres { url } => {
-                    Arc::new(crate::providers::postgres::PostgresProvider::connect_lazy(
-                        p.name.clone(),
-                        &url.read()?,
-                    )?)
-                }
-                ProviderKind::AwsIam {
-                    endpoint,
-                    tag_keys,
-                    path_prefix,
-                } => {
-                    let sdk = crate::providers::aws_iam::sdk_config(endpoint).await;
-                    Arc::new(crate::providers::aws_iam::AwsIamProvider::new(
-                        p.name.clone(),
-                        &sdk,
-                        tag_keys.clone(),
-                        path_prefix.clone(),
-                    ))
-                }
-            };
-            let sink: Arc<dyn SecretSink> = match &p.sink {
-                SinkConfig::File => file_sink.clone(),
-                SinkConfig::SecretsManager { prefix, endpoint } => {
-                    let sdk = crate::providers::aws_iam::sdk_config(endpoint).await;
-                    Arc::new(SecretsManagerSink::new(&sdk, prefix.clone()))
-                }
-            };
-            engine.providers.insert(p.name.to_string(), provider);
-            engine.sinks.insert(p.name.to_string(), sink);
+    /// Opens the store, the approval key and the policy, with providers and their secret
+    /// sinks already built (by start-up code: `cli::compose`), each keyed by the provider's
+    /// configured name. Every provider needs a sink.
+    pub async fn open(
+        config: &Config,
+        providers: BTreeMap<String, Arc<dyn Provider>>,
+        sinks: BTreeMap<String, Arc<dyn SecretSink>>,
+    ) -> anyhow::Result<Self> {
+        if let Some(name) = providers.keys().find(|name| !sinks.contains_key(*name)) {
+            anyhow::bail!("provider `{name}` has no secret sink");
         }
+        let mut engine = Self::open_without_providers(config).await?;
+        engine.providers = providers;
+        engine.sinks = sinks;
         Ok(engine)
     }
 

@@ -190,7 +190,7 @@ impl Engine {
         if let Some(token) = approval_token {
             self.require(caller, Scope::Apply).await?;
             let proposal = self
-                .apply(caller, None, Some(identity_id), Action::Revoke, token)
+                .apply(caller, ApplyTarget::Revocation(identity_id), token)
                 .await?;
             return Ok(RevokeOutcome {
                 proposal,
@@ -337,20 +337,18 @@ impl Engine {
         token: &str,
     ) -> Result<Proposal> {
         self.require(caller, Scope::Apply).await?;
-        self.apply(caller, Some(proposal_id), None, Action::Rotate, token)
+        self.apply(caller, ApplyTarget::Proposal(proposal_id), token)
             .await
     }
 
-    /// Every check DESIGN.md lists, then execution. `expected_action` matters only when the
-    /// proposal is named by identity (revoke_identity); apply_proposal runs any action.
+    /// Every check DESIGN.md lists, then execution.
     async fn apply(
         &self,
         caller: &Caller,
-        proposal_id: Option<&ProposalId>,
-        identity_id: Option<&IdentityId>,
-        expected_action: Action,
+        target: ApplyTarget<'_>,
         token: &str,
     ) -> Result<Proposal> {
+        let proposal_id = target.proposal_id();
         let claims = match self.approval.verify(token) {
             Ok(c) => c,
             Err(e) => {
@@ -360,9 +358,7 @@ impl Engine {
         };
         let token_proposal = ProposalId::parse(&claims.sub).ok();
         let audit_id = proposal_id.or(token_proposal.as_ref()).cloned();
-        let result = self
-            .check_and_start(&claims, proposal_id, identity_id, expected_action, caller)
-            .await;
+        let result = self.check_and_start(&claims, target, caller).await;
         let proposal = match result {
             Ok(p) => p,
             Err(e) => return self.finish(caller, Err(e), audit_id.as_ref()).await,
@@ -374,15 +370,13 @@ impl Engine {
     async fn check_and_start(
         &self,
         claims: &ApprovalClaims,
-        proposal_id: Option<&ProposalId>,
-        identity_id: Option<&IdentityId>,
-        expected_action: Action,
+        target: ApplyTarget<'_>,
         caller: &Caller,
     ) -> Result<Proposal> {
         let token_for = ProposalId::parse(&claims.sub).map_err(|_| {
             EngineError::Refused("approval token names no valid proposal".to_owned())
         })?;
-        if proposal_id.is_some_and(|p| p != &token_for) {
+        if target.proposal_id().is_some_and(|p| p != &token_for) {
             return Err(EngineError::Refused(
                 "approval token was issued for another proposal".to_owned(),
             ));
@@ -391,8 +385,8 @@ impl Engine {
             self.store.proposal(&token_for).await?.ok_or_else(|| {
                 EngineError::NotFound(format!("proposal `{token_for}` not found"))
             })?;
-        if let Some(id) = identity_id
-            && (&proposal.body.identity_id != id || proposal.body.action != expected_action)
+        if let ApplyTarget::Revocation(id) = target
+            && (&proposal.body.identity_id != id || proposal.body.action != Action::Revoke)
         {
             return Err(EngineError::Refused(format!(
                 "approval token is not for revoking `{id}`"
@@ -823,6 +817,24 @@ fn not_approved(p: &Proposal) -> EngineError {
         }
         other => format!("proposal `{id}` is {}, not approved", other.as_str()),
     })
+}
+
+/// What an apply names: the proposal itself (`apply_proposal`, any action), or the identity
+/// whose approved revocation the token must be for (`revoke_identity` with a token).
+#[derive(Debug, Clone, Copy)]
+enum ApplyTarget<'a> {
+    Proposal(&'a ProposalId),
+    Revocation(&'a IdentityId),
+}
+
+impl<'a> ApplyTarget<'a> {
+    /// The proposal the caller named, if it named one.
+    fn proposal_id(self) -> Option<&'a ProposalId> {
+        match self {
+            Self::Proposal(id) => Some(id),
+            Self::Revocation(_) => None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -829,7 +829,11 @@ mod tests {
             data_dir: Some(dir.path().join("data")),
         };
         let config = Config::from_toml("", None, &overrides).expect("config");
-        let engine = Arc::new(Engine::open(&config).await.expect("engine"));
+        let engine = Arc::new(
+            crate::cli::compose::open_engine(&config)
+                .await
+                .expect("engine"),
+        );
         let server = NhiServer::new(engine, config.stdio_principal.clone());
         let (client_io, server_io) = tokio::io::duplex(1 << 16);
         let serving = tokio::spawn(async move {

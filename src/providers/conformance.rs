@@ -9,8 +9,8 @@
 //! - errors carry no secret material.
 
 use super::{Provider, StepResult};
-use crate::engine::ApprovedPlan;
 use crate::model::{Action, IdentityId};
+use crate::ports::ApprovedPlan;
 
 async fn fingerprints(p: &dyn Provider) -> Vec<(String, String)> {
     p.list()
@@ -133,7 +133,8 @@ mod tests {
 
     #[tokio::test]
     async fn aws_iam_conforms() {
-        use crate::providers::aws_iam::{AwsIamProvider, TagKeys};
+        use crate::config::TagKeys;
+        use crate::providers::aws_iam::AwsIamProvider;
         let url = std::env::var("NHI_TEST_MOTO_URL").expect(
             "NHI_TEST_MOTO_URL is not set: run the suite with `./tests/run`, which starts moto",
         );

@@ -22,12 +22,12 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Row};
 
 use super::{Provider, ProviderError, StepResult};
-use crate::engine::ApprovedPlan;
 use crate::model::proposal::BlastRadius;
 use crate::model::{
     Credential, CredentialId, CredentialKind, CredentialStatus, Identity, IdentityId, IdentityKind,
     Permissions, PlanStep, ProviderName, Secret, StepAction,
 };
+use crate::ports::ApprovedPlan;
 
 /// Built-in roles whose members can read or change everything, or run code on the server.
 const ADMIN_ROLES: [&str; 6] = [

@@ -7,23 +7,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 
 use crate::model::{CredentialId, IdentityId, ProposalId, Secret};
-
-#[derive(Debug, thiserror::Error)]
-#[error("secret sink: {0}")]
-pub struct SinkError(pub String);
-
-/// Contract: `put` stores the secret durably before it returns and answers a reference that
-/// names where it is; neither the reference nor an error contains the secret.
-#[async_trait]
-pub trait SecretSink: Send + Sync {
-    async fn put(
-        &self,
-        proposal: &ProposalId,
-        identity: &IdentityId,
-        credential: &CredentialId,
-        secret: &Secret,
-    ) -> Result<String, SinkError>;
-}
+pub use crate::ports::{SecretSink, SinkError};
 
 /// Writes each secret to `<data_dir>/secrets/<proposal id>.json`, mode 0600, in a 0700 folder.
 pub struct FileSink {

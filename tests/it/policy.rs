@@ -46,7 +46,9 @@ async fn engine(dir: &Path, policy: &[String]) -> Engine {
         data_dir: Some(dir.to_path_buf()),
     };
     let config = Config::from_toml(&toml, None, &overrides).expect("config");
-    Engine::open(&config).await.expect("engine")
+    nhi_mcp::cli::compose::open_engine(&config)
+        .await
+        .expect("engine")
 }
 
 #[tokio::test]
@@ -162,7 +164,9 @@ async fn the_proposal_rate_limit_holds() {
     };
     let config = Config::from_toml("[policy]\nmax_proposals_per_hour = 2\n", None, &overrides)
         .expect("config");
-    let engine = Engine::open(&config).await.expect("engine");
+    let engine = nhi_mcp::cli::compose::open_engine(&config)
+        .await
+        .expect("engine");
     let agent = Principal::new("agent", [Scope::Read, Scope::Propose]);
     let caller = Caller::new(&agent, "revoke_identity", serde_json::Value::Null);
     let mut results = Vec::new();
@@ -202,7 +206,9 @@ async fn the_proposal_rate_limit_holds_for_proposals_at_once() {
     };
     let config = Config::from_toml("[policy]\nmax_proposals_per_hour = 2\n", None, &overrides)
         .expect("config");
-    let engine = Engine::open(&config).await.expect("engine");
+    let engine = nhi_mcp::cli::compose::open_engine(&config)
+        .await
+        .expect("engine");
     let agent = Principal::new("agent", [Scope::Read, Scope::Propose]);
     let caller = Caller::new(&agent, "revoke_identity", serde_json::Value::Null);
     let ids: Vec<IdentityId> = [

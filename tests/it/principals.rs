@@ -206,7 +206,9 @@ async fn engine(dir: &Path) -> Engine {
     };
     let config = Config::from_toml("[approval]\nrequired_approvals = 2\n", None, &overrides)
         .expect("config");
-    Engine::open(&config).await.expect("engine")
+    nhi_mcp::cli::compose::open_engine(&config)
+        .await
+        .expect("engine")
 }
 
 /// The server's own names are refused as configured principals or approvers, in any spelling.

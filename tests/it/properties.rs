@@ -43,7 +43,9 @@ async fn engine(dir: &Path, required: u32) -> Engine {
     };
     let toml = format!("[approval]\nrequired_approvals = {required}\n");
     let config = Config::from_toml(&toml, None, &overrides).expect("config");
-    Engine::open(&config).await.expect("engine")
+    nhi_mcp::cli::compose::open_engine(&config)
+        .await
+        .expect("engine")
 }
 
 async fn run(ops: Vec<Op>, required: u32) -> Result<(), TestCaseError> {

@@ -15,12 +15,12 @@ use serde::{Deserialize, Serialize};
 
 use super::{Provider, ProviderError, StepResult};
 use crate::config::InventorySource;
-use crate::engine::ApprovedPlan;
 use crate::model::proposal::BlastRadius;
 use crate::model::{
     Credential, CredentialId, CredentialKind, CredentialStatus, Identity, IdentityId, PlanStep,
     ProviderName, Secret, StepAction,
 };
+use crate::ports::ApprovedPlan;
 
 pub use file::{InventoryError, parse_inventory};
 

@@ -1,0 +1,261 @@
+//! Reading: the account's authorization details, and one identity with its credentials.
+
+use super::policy::{Sources, documents, parse_document, trust_principals};
+use super::*;
+
+impl AwsIamProvider {
+    /// Users, groups, roles and customer-managed policies, every page.
+    pub(super) async fn account_details(&self) -> Result<Details, ProviderError> {
+        let mut details = Details::default();
+        let mut pages = self
+            .iam
+            .get_account_authorization_details()
+            .filter(EntityType::User)
+            .filter(EntityType::Group)
+            .filter(EntityType::Role)
+            .filter(EntityType::LocalManagedPolicy)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.sdk_err("GetAccountAuthorizationDetails", e))?;
+            details
+                .users
+                .extend(page.user_detail_list().iter().cloned());
+            details
+                .roles
+                .extend(page.role_detail_list().iter().cloned());
+            for g in page.group_detail_list() {
+                let docs = documents(g.group_policy_list());
+                let names = g
+                    .attached_managed_policies()
+                    .iter()
+                    .filter_map(|p| p.policy_arn().map(str::to_owned))
+                    .collect::<Vec<_>>();
+                details.groups.insert(
+                    g.group_name().unwrap_or_default().to_owned(),
+                    GroupPolicies {
+                        managed: names,
+                        inline: docs,
+                    },
+                );
+            }
+            for p in page.policies() {
+                let default = p.default_version_id();
+                let doc = p
+                    .policy_version_list()
+                    .iter()
+                    .find(|v| v.is_default_version() || v.version_id() == default)
+                    .and_then(|v| v.document())
+                    .and_then(parse_document);
+                if let (Some(arn), Some(doc)) = (p.arn(), doc) {
+                    details.managed_docs.insert(arn.to_owned(), doc);
+                }
+            }
+        }
+        Ok(details)
+    }
+
+    /// A user's access keys, every page.
+    pub(super) async fn access_keys(
+        &self,
+        user: &str,
+    ) -> Result<Vec<aws_sdk_iam::types::AccessKeyMetadata>, ProviderError> {
+        self.iam
+            .list_access_keys()
+            .user_name(user)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| self.sdk_err("ListAccessKeys", e))
+    }
+
+    /// A user's access keys (with their last use) and console password, if any.
+    pub(super) async fn user_credentials(
+        &self,
+        user: &str,
+    ) -> Result<Vec<Credential>, ProviderError> {
+        let keys = self.access_keys(user).await?;
+        let mut out = Vec::with_capacity(keys.len() + 1);
+        for key in keys {
+            let Some(key_id) = key.access_key_id() else {
+                continue;
+            };
+            let last = self
+                .iam
+                .get_access_key_last_used()
+                .access_key_id(key_id)
+                .send()
+                .await
+                .map_err(|e| self.sdk_err("GetAccessKeyLastUsed", e))?;
+            out.push(Credential {
+                id: CredentialId::parse(key_id).map_err(|e| self.refused(e.0))?,
+                kind: CredentialKind::AccessKey,
+                created_at: key.create_date().and_then(to_chrono).unwrap_or_default(),
+                last_used_at: last
+                    .access_key_last_used()
+                    .and_then(|u| u.last_used_date())
+                    .and_then(to_chrono),
+                expires_at: None,
+                status: if key.status() == Some(&StatusType::Active) {
+                    CredentialStatus::Active
+                } else {
+                    CredentialStatus::Inactive
+                },
+            });
+        }
+        match self.iam.get_login_profile().user_name(user).send().await {
+            Ok(profile) => out.push(Credential {
+                id: CredentialId::parse(CONSOLE_PASSWORD).map_err(|e| self.refused(e.0))?,
+                kind: CredentialKind::Password,
+                created_at: profile
+                    .login_profile()
+                    .and_then(|p| to_chrono(p.create_date()))
+                    .unwrap_or_default(),
+                last_used_at: None,
+                expires_at: None,
+                status: CredentialStatus::Active,
+            }),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_no_such_entity_exception()) => {}
+            Err(e) => return Err(self.sdk_err("GetLoginProfile", e)),
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn user_identity(
+        &self,
+        details: &Details,
+        user: &aws_sdk_iam::types::UserDetail,
+    ) -> Result<Identity, ProviderError> {
+        let name = user.user_name().unwrap_or_default().to_owned();
+        let native = format!("user/{name}");
+        let credentials = self.user_credentials(&name).await?;
+        let mut sources = Sources::default();
+        for p in user.attached_managed_policies() {
+            sources.managed(p.policy_arn(), details);
+        }
+        sources.inline(user.user_policy_list());
+        for g in user.group_list() {
+            if let Some(group) = details.groups.get(g) {
+                for arn in &group.managed {
+                    sources.managed_via(arn, g, details);
+                }
+                for (label, doc) in &group.inline {
+                    sources.add(format!("{label} (via group {g})"), doc.clone());
+                }
+            }
+        }
+        let (owner, environment, purpose, tags) = self.tags(user.tags());
+        let created_at = user.create_date().and_then(to_chrono).unwrap_or_default();
+        let last_used_at = credentials.iter().filter_map(|c| c.last_used_at).max();
+        let disabled = !credentials
+            .iter()
+            .any(|c| c.status == CredentialStatus::Active);
+        Ok(Identity {
+            id: self.id(&native)?,
+            provider: self.name.to_string(),
+            native_id: native,
+            kind: IdentityKind::ServiceUser,
+            name,
+            owner,
+            purpose,
+            environment,
+            used_in_environments: Vec::new(),
+            tags,
+            created_at,
+            last_used_at,
+            disabled,
+            credentials,
+            permissions: sources.summary(),
+        })
+    }
+
+    pub(super) fn role_identity(
+        &self,
+        details: &Details,
+        role: &aws_sdk_iam::types::RoleDetail,
+    ) -> Result<Identity, ProviderError> {
+        let name = role.role_name().unwrap_or_default().to_owned();
+        let native = format!("role/{name}");
+        let mut sources = Sources::default();
+        for p in role.attached_managed_policies() {
+            sources.managed(p.policy_arn(), details);
+        }
+        sources.inline(role.role_policy_list());
+        let trust = role
+            .assume_role_policy_document()
+            .and_then(parse_document)
+            .map(|d| trust_principals(&d))
+            .unwrap_or_default();
+        let anyone = trust.iter().any(|t| t == "anyone (*)");
+        let mut permissions = sources.summary();
+        permissions
+            .grants
+            .extend(trust.iter().map(|t| format!("trusted by {t}")));
+        if anyone {
+            permissions.privileged = true;
+            permissions.wildcard = true;
+        }
+        let (owner, environment, purpose, tags) = self.tags(role.tags());
+        Ok(Identity {
+            id: self.id(&native)?,
+            provider: self.name.to_string(),
+            native_id: native,
+            kind: IdentityKind::Role,
+            name,
+            owner,
+            purpose,
+            environment,
+            used_in_environments: Vec::new(),
+            tags,
+            created_at: role.create_date().and_then(to_chrono).unwrap_or_default(),
+            last_used_at: role
+                .role_last_used()
+                .and_then(|u| u.last_used_date())
+                .and_then(to_chrono),
+            disabled: false,
+            credentials: Vec::new(),
+            permissions,
+        })
+    }
+
+    #[allow(clippy::type_complexity, reason = "a one-off tuple of the mapped tags")]
+    pub(super) fn tags(
+        &self,
+        tags: &[aws_sdk_iam::types::Tag],
+    ) -> (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        BTreeMap<String, String>,
+    ) {
+        let all: BTreeMap<String, String> = tags
+            .iter()
+            .map(|t| (t.key().to_owned(), t.value().to_owned()))
+            .collect();
+        let get = |k: &str| all.get(k).filter(|v| !v.is_empty()).cloned();
+        (
+            get(&self.tag_keys.owner),
+            get(&self.tag_keys.environment),
+            get(&self.tag_keys.purpose),
+            all,
+        )
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Details {
+    pub(super) users: Vec<aws_sdk_iam::types::UserDetail>,
+    pub(super) roles: Vec<aws_sdk_iam::types::RoleDetail>,
+    pub(super) groups: BTreeMap<String, GroupPolicies>,
+    /// Customer-managed policies' default documents, by ARN.
+    pub(super) managed_docs: BTreeMap<String, serde_json::Value>,
+}
+
+pub(super) struct GroupPolicies {
+    pub(super) managed: Vec<String>,
+    pub(super) inline: Vec<(String, Option<serde_json::Value>)>,
+}
