@@ -11,7 +11,6 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
@@ -19,9 +18,8 @@ use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePublicKey};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use super::{AuditEntry, AuditRecord, Decision, GENESIS_HASH};
+use super::{AuditRecord, GENESIS_HASH};
 use crate::model::canonical;
-use crate::store::Store;
 
 /// The action of the audit record that carries a checkpoint.
 pub const CHECKPOINT_ACTION: &str = "audit.checkpoint";
@@ -85,7 +83,8 @@ impl Checkpoint {
             kind: CHECKPOINT_TYPE.to_owned(),
             count,
             head: head.to_owned(),
-            at: crate::store::ts(at),
+            // As the store writes times: RFC 3339, milliseconds, `Z`.
+            at: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             prev,
             key_id: key_id(&key.signing.verifying_key()),
             signature: String::new(),
@@ -240,7 +239,7 @@ pub fn read_checkpoint_file(path: &Path) -> Result<Option<Vec<Checkpoint>>, Stri
 }
 
 /// The last checkpoint of a checkpoint file, read from its end.
-fn last_in_file(path: &Path) -> Option<Checkpoint> {
+pub(crate) fn last_in_file(path: &Path) -> Option<Checkpoint> {
     tail_of_file(path)
         .line
         .and_then(|l| Checkpoint::parse(&l).ok())
@@ -248,14 +247,14 @@ fn last_in_file(path: &Path) -> Option<Checkpoint> {
 
 /// The end of a checkpoint file.
 #[derive(Default)]
-struct Tail {
+pub(crate) struct Tail {
     /// Its last non-empty line.
-    line: Option<String>,
+    pub(crate) line: Option<String>,
     /// It is not empty and its last byte is not a newline: a line appended now would join it.
-    unterminated: bool,
+    pub(crate) unterminated: bool,
 }
 
-fn tail_of_file(path: &Path) -> Tail {
+pub(crate) fn tail_of_file(path: &Path) -> Tail {
     let read = || -> std::io::Result<Vec<u8>> {
         let mut file = std::fs::File::open(path)?;
         let len = file.metadata()?.len();
@@ -279,7 +278,7 @@ fn tail_of_file(path: &Path) -> Tail {
 
 /// The checkpoint file opened for appending (created 0600, its directory synced), locked
 /// against other writers (`serve` and `audit checkpoint`) until dropped.
-fn open_locked(path: &Path) -> std::io::Result<std::fs::File> {
+pub(crate) fn open_locked(path: &Path) -> std::io::Result<std::fs::File> {
     let file = open_for_append(path)?;
     file.lock()?;
     Ok(file)
@@ -349,7 +348,7 @@ pub fn lock_for_reading(path: &Path) -> std::io::Result<Option<std::fs::File>> {
 }
 
 /// Appends `checkpoint` as one line and fsyncs it.
-fn write_line(file: &mut std::fs::File, checkpoint: &Checkpoint) -> std::io::Result<()> {
+pub(crate) fn write_line(file: &mut std::fs::File, checkpoint: &Checkpoint) -> std::io::Result<()> {
     file.write_all(format!("{}\n", checkpoint.to_line()).as_bytes())?;
     file.sync_all()
 }
@@ -375,92 +374,6 @@ impl Checkpointer {
         &self.file
     }
 
-    /// Writes a checkpoint of the records so far, unless none were added since the last one
-    /// (the checkpoint record itself aside). Returns the checkpoint written.
-    pub async fn checkpoint(&self, store: &Store) -> anyhow::Result<Option<Checkpoint>> {
-        // Locked before the transaction and until the line is written: the order of the lines
-        // is the order of the checkpoints in the chain.
-        let path = self.file.clone();
-        let mut file = tokio::task::spawn_blocking(move || open_locked(&path))
-            .await?
-            .with_context(|| format!("cannot open {}", self.file.display()))?;
-        let mut tx = store.begin().await?;
-        let (count, head) = tx.audit_head().await?;
-        let last = tx.last_audit_with_action(CHECKPOINT_ACTION).await?;
-        if count == 0 || last.as_ref().is_some_and(|r| r.seq == count) {
-            return Ok(None);
-        }
-        // Never sign over a log that contradicts the newest checkpoint already written out, nor
-        // when that cannot be told: a newest line that is not a checkpoint was cut or edited.
-        let tail = tail_of_file(&self.file);
-        let newest = tail
-            .line
-            .as_deref()
-            .map(|l| {
-                Checkpoint::parse(l).map_err(|_| {
-                    anyhow::anyhow!(
-                        "not signing: the newest line of {} is not a signed checkpoint (cut or edited); run `nhi-mcp audit verify`",
-                        self.file.display()
-                    )
-                })
-            })
-            .transpose()?;
-        if let Some(f) = newest {
-            let at = if f.count == 0 {
-                Some(GENESIS_HASH.to_owned())
-            } else {
-                tx.audit_hash_at(f.count).await?
-            };
-            if f.count > count || at.as_deref() != Some(f.head.as_str()) {
-                anyhow::bail!(
-                    "not signing: the audit log ({count} records) contradicts the newest checkpoint in {} ({} records, of {}); run `nhi-mcp audit verify`",
-                    self.file.display(),
-                    f.count,
-                    f.at
-                );
-            }
-        }
-        let last = last
-            .and_then(|r| r.entry.outcome)
-            .and_then(|o| Checkpoint::parse(&o).ok());
-        let checkpoint = Checkpoint::sign(
-            &self.key,
-            count,
-            &head,
-            last.as_ref().map(Checkpoint::digest),
-            Utc::now(),
-        );
-        let entry = AuditEntry::new(
-            CHECKPOINT_PRINCIPAL,
-            CHECKPOINT_ACTION,
-            &serde_json::json!({"count": count, "head": head}),
-            Decision::Allow,
-        )
-        .outcome(checkpoint.to_line());
-        tx.append_audit(entry).await?;
-        tx.commit().await?;
-        // A last line without its newline (copied or edited by hand) is ended first, so that the
-        // next line does not join it.
-        if tail.unterminated {
-            file.write_all(b"\n")?;
-        }
-        // A checkpoint committed to the chain whose line never reached the file (a crash in
-        // between, a full disk) is appended first, so that the lines still chain.
-        if let Some(last) = last {
-            let behind = last_in_file(&self.file).is_none_or(|f| f.count < last.count);
-            if behind {
-                write_line(&mut file, &last)?;
-            }
-        }
-        write_line(&mut file, &checkpoint).map_err(|e| {
-            anyhow::anyhow!(
-                "checkpoint of {count} records is in the chain but not in {}: {e}",
-                self.file.display()
-            )
-        })?;
-        Ok(Some(checkpoint))
-    }
-
     /// A signed checkpoint of exactly `records` (an export), after the newest checkpoint among
     /// them. It goes into neither the chain nor the file.
     pub fn for_export(&self, records: &[AuditRecord]) -> Checkpoint {
@@ -477,38 +390,12 @@ impl Checkpointer {
         Checkpoint::sign(&self.key, count, &head, prev, Utc::now())
     }
 
+    pub(crate) fn key(&self) -> &CheckpointKey {
+        &self.key
+    }
+
     pub fn public(&self) -> VerifyingKey {
         self.key.public()
-    }
-
-    /// `checkpoint`, logged.
-    pub async fn log_checkpoint(&self, store: &Store) {
-        match self.checkpoint(store).await {
-            Ok(Some(c)) => tracing::info!(
-                count = c.count,
-                head = %c.head,
-                file = %self.file.display(),
-                "audit checkpoint written"
-            ),
-            Ok(None) => {}
-            Err(e) => tracing::error!("audit checkpoint failed: {e:#}"),
-        }
-    }
-
-    /// Writes a checkpoint every `interval` until `cancel`; the caller writes the last one once
-    /// everything else has stopped.
-    pub async fn run(
-        &self,
-        store: &Store,
-        interval: std::time::Duration,
-        cancel: tokio_util::sync::CancellationToken,
-    ) {
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                () = tokio::time::sleep(interval) => self.log_checkpoint(store).await,
-            }
-        }
     }
 }
 
@@ -625,7 +512,7 @@ pub fn verify_checkpoints(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{chain_hash, verify};
+    use crate::audit::{AuditEntry, Decision, chain_hash, verify};
     use serde_json::json;
 
     fn key() -> CheckpointKey {

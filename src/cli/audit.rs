@@ -71,7 +71,7 @@ pub async fn run(
         }
         AuditCommand::Checkpoint => {
             let c = checkpointer(config)?;
-            match c.checkpoint(engine.store()).await? {
+            match engine.write_checkpoint(&c).await? {
                 Some(cp) => writeln!(
                     out,
                     "checkpoint: {} records, head {}; appended to {}",

@@ -317,9 +317,13 @@ async fn serve(config: Config, http: Option<String>) -> anyhow::Result<()> {
         config.audit.checkpoint_file.clone(),
     ));
     let checkpoints = tokio::spawn({
-        let (checkpointer, store) = (checkpointer.clone(), engine.store().clone());
+        let (checkpointer, engine) = (checkpointer.clone(), engine.clone());
         let (interval, cancel) = (config.audit.checkpoint_interval, cancel.clone());
-        async move { checkpointer.run(&store, interval, cancel).await }
+        async move {
+            engine
+                .run_checkpoints(&checkpointer, interval, cancel)
+                .await
+        }
     });
     let ticker = tokio::spawn({
         let engine = engine.clone();
@@ -383,7 +387,7 @@ async fn serve(config: Config, http: Option<String>) -> anyhow::Result<()> {
     let _ = refresher.await;
     let _ = checkpoints.await;
     // At clean shutdown: a checkpoint of everything this process wrote.
-    checkpointer.log_checkpoint(engine.store()).await;
+    engine.log_checkpoint(&checkpointer).await;
     engine.store().close().await;
     result
 }

@@ -3,6 +3,7 @@
 //! HTTP or SQL.
 
 mod admin_read;
+mod checkpoint;
 mod cursor;
 mod execute;
 mod inventory;
