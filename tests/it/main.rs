@@ -22,6 +22,7 @@ mod device;
 mod files;
 mod http;
 mod interop;
+mod layering;
 mod oauth;
 mod policy;
 mod postgres;
