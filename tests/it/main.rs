@@ -23,6 +23,7 @@ mod files;
 mod fuzz;
 mod http;
 mod interop;
+mod layering;
 mod oauth;
 mod policy;
 mod postgres;
