@@ -6,45 +6,8 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-/// Characters a terminal acts on or that change how the rest of a line reads: C0 and C1
-/// controls (ESC, CR, LF, BEL...), DEL, the Unicode line and paragraph separators, and every
-/// format character (Unicode `Cf`: the bidirectional marks, embeddings, overrides and isolates,
-/// zero-width spaces and joiners, the soft hyphen, invisible operators, the byte order mark,
-/// interlinear annotations, the tag characters U+E0000..=U+E007F that hide ASCII text) and the
-/// other invisible characters (fillers, the combining grapheme joiner, variation selectors)
-/// that make a name look like another.
-fn is_unsafe(c: char) -> bool {
-    // `is_control` is the Unicode `Cc` category: U+0000..=U+001F and U+007F..=U+009F.
-    c.is_control()
-        || matches!(
-            c,
-            '\u{00ad}'
-                | '\u{034f}'
-                | '\u{0600}'..='\u{0605}'
-                | '\u{061c}'
-                | '\u{06dd}'
-                | '\u{070f}'
-                | '\u{0890}'..='\u{0891}'
-                | '\u{08e2}'
-                | '\u{115f}'..='\u{1160}'
-                | '\u{17b4}'..='\u{17b5}'
-                | '\u{180b}'..='\u{180f}'
-                | '\u{200b}'..='\u{200f}'
-                | '\u{2028}'..='\u{202e}'
-                | '\u{2060}'..='\u{206f}'
-                | '\u{3164}'
-                | '\u{fe00}'..='\u{fe0f}'
-                | '\u{feff}'
-                | '\u{ffa0}'
-                | '\u{fff9}'..='\u{fffb}'
-                | '\u{110bd}'
-                | '\u{110cd}'
-                | '\u{13430}'..='\u{1343f}'
-                | '\u{1bca0}'..='\u{1bca3}'
-                | '\u{1d173}'..='\u{1d17a}'
-                | '\u{e0000}'..='\u{e0fff}'
-        )
-}
+// The one list of characters that must not reach a person raw, shared with error messages.
+use crate::model::is_unsafe_in_message as is_unsafe;
 
 /// `text` with every unsafe character replaced by a visible escape: `\n`, `\r`, `\t`, `\x1b`
 /// for the other ASCII controls and DEL, `\u{202e}` for the rest. Text without one comes back

@@ -70,16 +70,44 @@ pub fn bound_echoes(message: &str) -> String {
     one_line(&out, MESSAGE_MAX_CHARS)
 }
 
-/// Whether `c` must not appear raw in a message: it breaks the line, hides or reorders text.
+/// Whether `c` must not appear raw where a person reads it (an error message, a terminal): it
+/// breaks the line, acts on the terminal, or hides or reorders text. C0 and C1 controls (ESC,
+/// CR, LF, BEL...), DEL, the Unicode line and paragraph separators, and every format character
+/// (Unicode `Cf`: the bidirectional marks, embeddings, overrides and isolates, zero-width spaces
+/// and joiners, the soft hyphen, invisible operators, the byte order mark, interlinear
+/// annotations, the tag characters U+E0000..=U+E007F that hide ASCII text) and the other
+/// invisible characters (fillers, the combining grapheme joiner, variation selectors) that make
+/// a name look like another. The one list for error messages and the CLI's output.
 pub fn is_unsafe_in_message(c: char) -> bool {
+    // `is_control` is the Unicode `Cc` category: U+0000..=U+001F and U+007F..=U+009F.
     c.is_control()
         || matches!(
             c,
-            '\u{2028}' | '\u{2029}' // line and paragraph separators
-                | '\u{200b}'..='\u{200f}' // zero-width, direction marks
-                | '\u{202a}'..='\u{202e}' // bidirectional embeddings and overrides
-                | '\u{2066}'..='\u{2069}' // bidirectional isolates
-                | '\u{feff}' // byte order mark
+            '\u{00ad}'
+                | '\u{034f}'
+                | '\u{0600}'..='\u{0605}'
+                | '\u{061c}'
+                | '\u{06dd}'
+                | '\u{070f}'
+                | '\u{0890}'..='\u{0891}'
+                | '\u{08e2}'
+                | '\u{115f}'..='\u{1160}'
+                | '\u{17b4}'..='\u{17b5}'
+                | '\u{180b}'..='\u{180f}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{3164}'
+                | '\u{fe00}'..='\u{fe0f}'
+                | '\u{feff}'
+                | '\u{ffa0}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{110bd}'
+                | '\u{110cd}'
+                | '\u{13430}'..='\u{1343f}'
+                | '\u{1bca0}'..='\u{1bca3}'
+                | '\u{1d173}'..='\u{1d17a}'
+                | '\u{e0000}'..='\u{e0fff}'
         )
 }
 
