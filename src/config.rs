@@ -55,15 +55,16 @@ struct RawConfig {
     policy: Option<RawPolicy>,
     approval: Option<RawApproval>,
     findings: Option<RawFindings>,
+    /// Each entry is decoded by its `kind` after the file parses, so errors can name it.
     #[serde(default)]
-    providers: Vec<RawProvider>,
+    providers: Vec<toml::Spanned<toml::Table>>,
     debug: Option<RawDebug>,
     audit: Option<RawAudit>,
     #[serde(default)]
     approvers: Vec<RawApprover>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     checkpoint_key_file: Option<PathBuf>,
@@ -81,14 +82,14 @@ struct RawApprover {
     public_key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStdio {
     principal: Option<String>,
     scopes: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Option<String>,
@@ -118,7 +119,7 @@ struct RawPolicy {
     max_proposals_per_hour: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApproval {
     token_ttl: Option<String>,
@@ -129,29 +130,54 @@ struct RawApproval {
     cli_client_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFindings {
     unused_days: Option<u32>,
     max_credential_age_days: Option<u32>,
 }
 
+/// One `[[providers]]` entry, by `kind`: each kind declares exactly the keys it takes, so a key
+/// that does not apply to a kind is an "unknown field" error listing the ones that do.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum RawProvider {
+    Inventory(RawInventoryProvider),
+    Postgres(RawPostgresProvider),
+    AwsIam(RawAwsIamProvider),
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawProvider {
+struct RawInventoryProvider {
     name: String,
-    kind: String,
     path: Option<PathBuf>,
+    refresh: Option<String>,
+    sink: Option<toml::Table>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgresProvider {
+    name: String,
+    url_env: Option<String>,
+    url_file: Option<PathBuf>,
+    refresh: Option<String>,
+    sink: Option<toml::Table>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAwsIamProvider {
+    name: String,
     region: Option<String>,
     endpoint_url: Option<String>,
     profile: Option<String>,
     path_prefix: Option<String>,
     tag_keys: Option<RawTagKeys>,
-    url_env: Option<String>,
-    url_file: Option<PathBuf>,
     refresh: Option<String>,
     timeout: Option<String>,
-    sink: Option<RawSink>,
+    sink: Option<toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,10 +188,21 @@ struct RawTagKeys {
     purpose: Option<String>,
 }
 
+/// A provider's `sink = { kind = … }`, by kind.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum RawSink {
+    File(RawFileSink),
+    AwsSecretsmanager(RawSecretsManagerSink),
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawSink {
-    kind: String,
+struct RawFileSink {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecretsManagerSink {
     prefix: Option<String>,
     region: Option<String>,
     endpoint_url: Option<String>,
@@ -363,7 +400,7 @@ impl Config {
             .and_then(Path::parent)
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        validate(raw, &base, path, overrides)
+        validate(raw, text, &base, path, overrides)
     }
 }
 
@@ -372,7 +409,10 @@ pub fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim().replace('\n', " ");
     match e.span() {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let line = text
+                .get(..span.start)
+                .map_or(0, |before| before.matches('\n').count())
+                + 1;
             format!("line {line}: {message}")
         }
         None => message,
@@ -429,6 +469,7 @@ fn default_data_dir() -> Result<PathBuf, ConfigError> {
 
 fn validate(
     raw: RawConfig,
+    text: &str,
     base: &Path,
     source: Option<&Path>,
     overrides: &Overrides,
@@ -459,10 +500,7 @@ fn validate(
         }
     };
 
-    let stdio = raw.stdio.unwrap_or(RawStdio {
-        principal: None,
-        scopes: None,
-    });
+    let stdio = raw.stdio.unwrap_or_default();
     let default_scopes = vec![Scope::Read, Scope::Propose, Scope::Apply];
     let stdio_principal = principal(
         "stdio",
@@ -471,14 +509,7 @@ fn validate(
         default_scopes.clone(),
     )?;
 
-    let http = raw.http.unwrap_or(RawHttp {
-        listen: None,
-        resource: None,
-        allowed_hosts: None,
-        allowed_origins: None,
-        principal: None,
-        scopes: None,
-    });
+    let http = raw.http.unwrap_or_default();
     let listen_raw = http.listen.as_deref().unwrap_or("127.0.0.1:8080");
     let listen: SocketAddr = listen_raw.parse().map_err(|_| {
         invalid(format!(
@@ -494,65 +525,10 @@ fn validate(
             quote_input(r)
         )));
     }
-    let auth = match raw.auth {
-        None => None,
-        Some(a) => {
-            let issuer = a
-                .issuer
-                .ok_or_else(|| invalid("`auth.issuer` is required in `[auth]`"))?;
-            if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
-                return Err(invalid(format!(
-                    "`auth.issuer` = {} must be an http(s) URL",
-                    quote_input(&issuer)
-                )));
-            }
-            let resource = http.resource.clone().ok_or_else(|| {
-                invalid("`[auth]` needs `http.resource`: this server's resource URI, e.g. `https://nhi.example.com/mcp`")
-            })?;
-            let leeway = match a.leeway.as_deref() {
-                Some(raw) => parse_duration("auth.leeway", raw)?,
-                None => crate::auth::DEFAULT_LEEWAY,
-            };
-            if leeway > Duration::from_secs(300) {
-                return Err(invalid("`auth.leeway` may be at most 5m"));
-            }
-            let max_token_lifetime = match a.max_token_lifetime.as_deref() {
-                Some(raw) => parse_duration("auth.max_token_lifetime", raw)?,
-                None => crate::auth::DEFAULT_MAX_TOKEN_LIFETIME,
-            };
-            if max_token_lifetime < Duration::from_secs(1) {
-                return Err(invalid("`auth.max_token_lifetime` must be at least 1s"));
-            }
-            if let Some(t) = &a.require_typ
-                && (t.trim().is_empty() || t.trim() != t)
-            {
-                return Err(invalid(format!(
-                    "`auth.require_typ` = {} must be a media type like `at+jwt`",
-                    quote_input(t)
-                )));
-            }
-            let refusal_audit_interval = match a.refusal_audit_interval.as_deref() {
-                Some(raw) => parse_duration("auth.refusal_audit_interval", raw)?,
-                None => crate::auth::DEFAULT_REFUSAL_AUDIT_INTERVAL,
-            };
-            if refusal_audit_interval < Duration::from_secs(1)
-                || refusal_audit_interval > Duration::from_secs(3600)
-            {
-                return Err(invalid(
-                    "`auth.refusal_audit_interval` must be between 1s and 1h",
-                ));
-            }
-            Some(crate::auth::AuthConfig {
-                issuer,
-                audience: a.audience.unwrap_or(resource),
-                jwks_uri: a.jwks_uri,
-                leeway,
-                max_token_lifetime,
-                require_typ: a.require_typ,
-                refusal_audit_interval,
-            })
-        }
-    };
+    let auth = raw
+        .auth
+        .map(|a| auth_config(a, http.resource.clone()))
+        .transpose()?;
     if !listen.ip().is_loopback() && auth.is_none() {
         return Err(invalid(format!(
             "`http.listen` = {listen} is not loopback: configure `[auth]` before serving other machines"
@@ -577,55 +553,10 @@ fn validate(
         principal: principal("http", http.principal, http.scopes, default_scopes)?,
     };
 
-    let approval = raw.approval.unwrap_or(RawApproval {
-        token_ttl: None,
-        proposal_ttl: None,
-        key_file: None,
-        required_approvals: None,
-        issuer: None,
-        cli_client_id: None,
-    });
-    let token_ttl = parse_duration(
-        "approval.token_ttl",
-        approval.token_ttl.as_deref().unwrap_or("15m"),
-    )?;
-    if token_ttl < Duration::from_secs(10) || token_ttl > Duration::from_secs(24 * 3600) {
-        return Err(invalid("`approval.token_ttl` must be between 10s and 24h"));
-    }
-    let proposal_ttl = parse_duration(
-        "approval.proposal_ttl",
-        approval.proposal_ttl.as_deref().unwrap_or("24h"),
-    )?;
-    if proposal_ttl < Duration::from_secs(60) || proposal_ttl > Duration::from_secs(30 * 86400) {
-        return Err(invalid(
-            "`approval.proposal_ttl` must be between 1m and 30d",
-        ));
-    }
-    let required_approvals = approval.required_approvals.unwrap_or(1);
-    if !(1..=5).contains(&required_approvals) {
-        return Err(invalid(
-            "`approval.required_approvals` must be between 1 and 5",
-        ));
-    }
-    let approval = ApprovalConfig {
-        token_ttl,
-        proposal_ttl,
-        key_file: approval
-            .key_file
-            .map(resolve)
-            .unwrap_or_else(|| data_dir.join("approval.key")),
-        required_approvals,
-        issuer: approval.issuer.unwrap_or_else(|| "nhi-mcp".to_owned()),
-        cli_client_id: approval
-            .cli_client_id
-            .unwrap_or_else(|| "nhi-mcp-cli".to_owned()),
-    };
+    let approval = approval_config(raw.approval.unwrap_or_default(), &data_dir, &resolve)?;
     let approvers = approvers(raw.approvers, &resolve)?;
 
-    let findings = raw.findings.unwrap_or(RawFindings {
-        unused_days: None,
-        max_credential_age_days: None,
-    });
+    let findings = raw.findings.unwrap_or_default();
     let defaults = Thresholds::default();
     let thresholds = Thresholds {
         unused_days: findings.unused_days.unwrap_or(defaults.unused_days),
@@ -637,219 +568,28 @@ fn validate(
         return Err(invalid("`[findings]` thresholds must be at least 1 day"));
     }
 
-    let mut providers = Vec::new();
-    for (i, p) in raw.providers.into_iter().enumerate() {
+    let mut providers: Vec<ProviderConfig> = Vec::new();
+    for (i, entry) in raw.providers.into_iter().enumerate() {
         let at = format!("`providers[{i}]`");
-        let name = ProviderName::parse(&p.name).map_err(|e| invalid(format!("{at}: {e}")))?;
-        if providers.iter().any(|q: &ProviderConfig| q.name == name) {
+        let line = text
+            .get(..entry.span().start)
+            .map_or(0, |before| before.matches('\n').count())
+            + 1;
+        let raw =
+            RawProvider::deserialize(toml::Value::Table(entry.into_inner())).map_err(|e| {
+                invalid(format!(
+                    "{at} (line {line}): {}",
+                    crate::model::bound_echoes(e.message().trim())
+                ))
+            })?;
+        let p = provider(&at, raw, &resolve)?;
+        if providers.iter().any(|q| q.name == p.name) {
             return Err(invalid(format!(
-                "{at}: provider name `{name}` is used twice"
+                "{at}: provider name `{}` is used twice",
+                p.name
             )));
         }
-        let kind = match p.kind.as_str() {
-            "inventory" => {
-                for (key, set) in [
-                    ("region", p.region.is_some()),
-                    ("endpoint_url", p.endpoint_url.is_some()),
-                    ("profile", p.profile.is_some()),
-                    ("path_prefix", p.path_prefix.is_some()),
-                    ("tag_keys", p.tag_keys.is_some()),
-                    ("timeout", p.timeout.is_some()),
-                    ("url_env", p.url_env.is_some()),
-                    ("url_file", p.url_file.is_some()),
-                ] {
-                    if set {
-                        return Err(invalid(format!(
-                            "{at}: `{key}` does not apply to kind `inventory`"
-                        )));
-                    }
-                }
-                let path = p
-                    .path
-                    .ok_or_else(|| invalid(format!("{at}: kind `inventory` needs `path`")))?;
-                if let Some(sink) = &p.sink
-                    && sink.kind != "file"
-                {
-                    return Err(invalid(format!(
-                        "{at}: the inventory provider delivers to the `file` sink only, not {}",
-                        quote_input(&sink.kind)
-                    )));
-                }
-                ProviderKind::Inventory {
-                    source: InventorySource::File(resolve(path)),
-                }
-            }
-            "postgres" => {
-                for (key, set) in [
-                    ("path", p.path.is_some()),
-                    ("region", p.region.is_some()),
-                    ("endpoint_url", p.endpoint_url.is_some()),
-                    ("profile", p.profile.is_some()),
-                    ("path_prefix", p.path_prefix.is_some()),
-                    ("tag_keys", p.tag_keys.is_some()),
-                    ("timeout", p.timeout.is_some()),
-                ] {
-                    if set {
-                        return Err(invalid(format!(
-                            "{at}: `{key}` does not apply to kind `postgres`"
-                        )));
-                    }
-                }
-                let from = match (p.url_env, p.url_file) {
-                    (Some(var), None) => UrlFrom::Env(var),
-                    (None, Some(file)) => UrlFrom::File(resolve(file)),
-                    _ => {
-                        return Err(invalid(format!(
-                            "{at}: kind `postgres` needs exactly one of `url_env` or `url_file` (the URL holds a password, so it is never written inline)"
-                        )));
-                    }
-                };
-                // Read when the provider is built, not here: commands that never call a
-                // provider (approvals, proposals, the audit log) work without its secret.
-                ProviderKind::Postgres {
-                    url: PostgresUrl {
-                        at: at.clone(),
-                        from,
-                    },
-                }
-            }
-            "aws_iam" => {
-                for (key, set) in [
-                    ("path", p.path.is_some()),
-                    ("url_env", p.url_env.is_some()),
-                    ("url_file", p.url_file.is_some()),
-                ] {
-                    if set {
-                        return Err(invalid(format!(
-                            "{at}: `{key}` does not apply to kind `aws_iam` (credentials come from the AWS SDK's standard chain: environment, profile, SSO, web identity, instance role)"
-                        )));
-                    }
-                }
-                if let Some(url) = &p.endpoint_url {
-                    check_endpoint_url(&at, url)?;
-                }
-                if let Some(prefix) = &p.path_prefix
-                    && !(prefix.starts_with('/') && prefix.ends_with('/'))
-                {
-                    return Err(invalid(format!(
-                        "{at}: `path_prefix` = {} must start and end with `/`, like an IAM path",
-                        quote_input(prefix)
-                    )));
-                }
-                let defaults = TagKeys::default();
-                let tag_keys = match &p.tag_keys {
-                    None => defaults,
-                    Some(t) => TagKeys {
-                        owner: t.owner.clone().unwrap_or(defaults.owner),
-                        environment: t.environment.clone().unwrap_or(defaults.environment),
-                        purpose: t.purpose.clone().unwrap_or(defaults.purpose),
-                    },
-                };
-                let timeout = match &p.timeout {
-                    Some(raw) => {
-                        let t = parse_duration(&format!("providers[{i}].timeout"), raw)?;
-                        if t < Duration::from_secs(1) || t > Duration::from_secs(25) {
-                            return Err(invalid(format!(
-                                "{at}: `timeout` must be between 1s and 25s (every provider call is also cut off at 30s)"
-                            )));
-                        }
-                        Some(t)
-                    }
-                    None => None,
-                };
-                ProviderKind::AwsIam {
-                    endpoint: AwsEndpoint {
-                        region: p.region.clone(),
-                        endpoint_url: p.endpoint_url.clone(),
-                        profile: p.profile.clone(),
-                        timeout,
-                    },
-                    tag_keys,
-                    path_prefix: p.path_prefix.clone(),
-                }
-            }
-            other => {
-                return Err(invalid(format!(
-                    "{at}: unknown provider kind {}; known kinds: inventory, aws_iam, postgres",
-                    quote_input(other)
-                )));
-            }
-        };
-        let sink = match p.sink {
-            None => SinkConfig::File,
-            Some(sink) => match sink.kind.as_str() {
-                "file" => {
-                    for (key, set) in [
-                        ("prefix", sink.prefix.is_some()),
-                        ("region", sink.region.is_some()),
-                        ("endpoint_url", sink.endpoint_url.is_some()),
-                    ] {
-                        if set {
-                            return Err(invalid(format!(
-                                "{at}: sink key `{key}` does not apply to the `file` sink"
-                            )));
-                        }
-                    }
-                    SinkConfig::File
-                }
-                "aws_secretsmanager" => {
-                    if matches!(kind, ProviderKind::Inventory { .. }) {
-                        return Err(invalid(format!(
-                            "{at}: the inventory provider's secrets are demo data: it delivers to the `file` sink only"
-                        )));
-                    }
-                    if let Some(url) = &sink.endpoint_url {
-                        check_endpoint_url(&at, url)?;
-                    }
-                    let prefix = sink.prefix.unwrap_or_else(|| "nhi-mcp/".to_owned());
-                    if !prefix
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c))
-                    {
-                        return Err(invalid(format!(
-                            "{at}: sink `prefix` = {} may hold only letters, digits and /_+=.@- (Secrets Manager's name characters)",
-                            quote_input(&prefix)
-                        )));
-                    }
-                    // An AWS provider's sink defaults to the provider's own region and endpoint.
-                    let endpoint = match &kind {
-                        ProviderKind::AwsIam { endpoint, .. } => AwsEndpoint {
-                            region: sink.region.or_else(|| endpoint.region.clone()),
-                            endpoint_url: sink
-                                .endpoint_url
-                                .or_else(|| endpoint.endpoint_url.clone()),
-                            ..endpoint.clone()
-                        },
-                        _ => AwsEndpoint {
-                            region: sink.region,
-                            endpoint_url: sink.endpoint_url,
-                            ..AwsEndpoint::default()
-                        },
-                    };
-                    SinkConfig::SecretsManager { prefix, endpoint }
-                }
-                other => {
-                    return Err(invalid(format!(
-                        "{at}: unknown sink kind {}; known kinds: file, aws_secretsmanager",
-                        quote_input(other)
-                    )));
-                }
-            },
-        };
-        let refresh = match &p.refresh {
-            Some(raw) => parse_duration(&format!("providers[{i}].refresh"), raw)?,
-            // A local file and one SQL query are cheap; an AWS account's inventory is not.
-            None => match kind {
-                ProviderKind::AwsIam { .. } => Duration::from_secs(300),
-                _ => Duration::ZERO,
-            },
-        };
-        providers.push(ProviderConfig {
-            name,
-            kind,
-            sink,
-            refresh,
-        });
+        providers.push(p);
     }
     if providers.is_empty() {
         for (name, _) in DEMO_INVENTORIES {
@@ -906,16 +646,267 @@ fn validate(
     })
 }
 
+/// One provider entry, checked for its kind.
+fn provider(
+    at: &str,
+    raw: RawProvider,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<ProviderConfig, ConfigError> {
+    let (name, refresh, sink, kind) = match raw {
+        RawProvider::Inventory(p) => {
+            let path = p
+                .path
+                .ok_or_else(|| invalid(format!("{at}: kind `inventory` needs `path`")))?;
+            let kind = ProviderKind::Inventory {
+                source: InventorySource::File(resolve(path)),
+            };
+            (p.name, p.refresh, p.sink, kind)
+        }
+        RawProvider::Postgres(p) => {
+            let from = match (p.url_env, p.url_file) {
+                (Some(var), None) => UrlFrom::Env(var),
+                (None, Some(file)) => UrlFrom::File(resolve(file)),
+                _ => {
+                    return Err(invalid(format!(
+                        "{at}: kind `postgres` needs exactly one of `url_env` or `url_file` (the URL holds a password, so it is never written inline)"
+                    )));
+                }
+            };
+            // Read when the provider is built, not here: commands that never call a provider
+            // (approvals, proposals, the audit log) work without its secret.
+            let kind = ProviderKind::Postgres {
+                url: PostgresUrl {
+                    at: at.to_owned(),
+                    from,
+                },
+            };
+            (p.name, p.refresh, p.sink, kind)
+        }
+        RawProvider::AwsIam(p) => {
+            if let Some(url) = &p.endpoint_url {
+                check_endpoint_url(at, url)?;
+            }
+            if let Some(prefix) = &p.path_prefix
+                && !(prefix.starts_with('/') && prefix.ends_with('/'))
+            {
+                return Err(invalid(format!(
+                    "{at}: `path_prefix` = {} must start and end with `/`, like an IAM path",
+                    quote_input(prefix)
+                )));
+            }
+            let defaults = TagKeys::default();
+            let tag_keys = match p.tag_keys {
+                None => defaults,
+                Some(t) => TagKeys {
+                    owner: t.owner.unwrap_or(defaults.owner),
+                    environment: t.environment.unwrap_or(defaults.environment),
+                    purpose: t.purpose.unwrap_or(defaults.purpose),
+                },
+            };
+            let timeout = match &p.timeout {
+                Some(raw) => {
+                    let t = parse_duration(&format!("{}.timeout", at.trim_matches('`')), raw)?;
+                    if t < Duration::from_secs(1) || t > Duration::from_secs(25) {
+                        return Err(invalid(format!(
+                            "{at}: `timeout` must be between 1s and 25s (every provider call is also cut off at 30s)"
+                        )));
+                    }
+                    Some(t)
+                }
+                None => None,
+            };
+            let kind = ProviderKind::AwsIam {
+                endpoint: AwsEndpoint {
+                    region: p.region,
+                    endpoint_url: p.endpoint_url,
+                    profile: p.profile,
+                    timeout,
+                },
+                tag_keys,
+                path_prefix: p.path_prefix,
+            };
+            (p.name, p.refresh, p.sink, kind)
+        }
+    };
+    let name = ProviderName::parse(&name).map_err(|e| invalid(format!("{at}: {e}")))?;
+    let sink = match sink {
+        None => SinkConfig::File,
+        Some(table) => {
+            let raw = RawSink::deserialize(toml::Value::Table(table)).map_err(|e| {
+                invalid(format!(
+                    "{at}: `sink`: {}",
+                    crate::model::bound_echoes(e.message().trim())
+                ))
+            })?;
+            sink_config(at, raw, &kind)?
+        }
+    };
+    let refresh = match &refresh {
+        Some(raw) => parse_duration(&format!("{}.refresh", at.trim_matches('`')), raw)?,
+        // A local file and one SQL query are cheap; an AWS account's inventory is not.
+        None => match kind {
+            ProviderKind::AwsIam { .. } => Duration::from_secs(300),
+            _ => Duration::ZERO,
+        },
+    };
+    Ok(ProviderConfig {
+        name,
+        kind,
+        sink,
+        refresh,
+    })
+}
+
+/// Where a provider's new secrets go; an AWS provider's Secrets Manager sink defaults to the
+/// provider's own region and endpoint.
+fn sink_config(at: &str, raw: RawSink, kind: &ProviderKind) -> Result<SinkConfig, ConfigError> {
+    let sm = match raw {
+        RawSink::File(RawFileSink {}) => return Ok(SinkConfig::File),
+        RawSink::AwsSecretsmanager(sm) => sm,
+    };
+    if matches!(kind, ProviderKind::Inventory { .. }) {
+        return Err(invalid(format!(
+            "{at}: the inventory provider's secrets are demo data: it delivers to the `file` sink only"
+        )));
+    }
+    if let Some(url) = &sm.endpoint_url {
+        check_endpoint_url(at, url)?;
+    }
+    let prefix = sm.prefix.unwrap_or_else(|| "nhi-mcp/".to_owned());
+    if !prefix
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c))
+    {
+        return Err(invalid(format!(
+            "{at}: sink `prefix` = {} may hold only letters, digits and /_+=.@- (Secrets Manager's name characters)",
+            quote_input(&prefix)
+        )));
+    }
+    let endpoint = match kind {
+        ProviderKind::AwsIam { endpoint, .. } => AwsEndpoint {
+            region: sm.region.or_else(|| endpoint.region.clone()),
+            endpoint_url: sm.endpoint_url.or_else(|| endpoint.endpoint_url.clone()),
+            ..endpoint.clone()
+        },
+        _ => AwsEndpoint {
+            region: sm.region,
+            endpoint_url: sm.endpoint_url,
+            ..AwsEndpoint::default()
+        },
+    };
+    Ok(SinkConfig::SecretsManager { prefix, endpoint })
+}
+
+/// `[auth]`: bearer tokens from one issuer for this server's resource.
+fn auth_config(
+    a: RawAuth,
+    resource: Option<String>,
+) -> Result<crate::auth::AuthConfig, ConfigError> {
+    let issuer = a
+        .issuer
+        .ok_or_else(|| invalid("`auth.issuer` is required in `[auth]`"))?;
+    if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+        return Err(invalid(format!(
+            "`auth.issuer` = {} must be an http(s) URL",
+            quote_input(&issuer)
+        )));
+    }
+    let resource = resource.ok_or_else(|| {
+        invalid("`[auth]` needs `http.resource`: this server's resource URI, e.g. `https://nhi.example.com/mcp`")
+    })?;
+    let leeway = match a.leeway.as_deref() {
+        Some(raw) => parse_duration("auth.leeway", raw)?,
+        None => crate::auth::DEFAULT_LEEWAY,
+    };
+    if leeway > Duration::from_secs(300) {
+        return Err(invalid("`auth.leeway` may be at most 5m"));
+    }
+    let max_token_lifetime = match a.max_token_lifetime.as_deref() {
+        Some(raw) => parse_duration("auth.max_token_lifetime", raw)?,
+        None => crate::auth::DEFAULT_MAX_TOKEN_LIFETIME,
+    };
+    if max_token_lifetime < Duration::from_secs(1) {
+        return Err(invalid("`auth.max_token_lifetime` must be at least 1s"));
+    }
+    if let Some(t) = &a.require_typ
+        && (t.trim().is_empty() || t.trim() != t)
+    {
+        return Err(invalid(format!(
+            "`auth.require_typ` = {} must be a media type like `at+jwt`",
+            quote_input(t)
+        )));
+    }
+    let refusal_audit_interval = match a.refusal_audit_interval.as_deref() {
+        Some(raw) => parse_duration("auth.refusal_audit_interval", raw)?,
+        None => crate::auth::DEFAULT_REFUSAL_AUDIT_INTERVAL,
+    };
+    if refusal_audit_interval < Duration::from_secs(1)
+        || refusal_audit_interval > Duration::from_secs(3600)
+    {
+        return Err(invalid(
+            "`auth.refusal_audit_interval` must be between 1s and 1h",
+        ));
+    }
+    Ok(crate::auth::AuthConfig {
+        issuer,
+        audience: a.audience.unwrap_or(resource),
+        jwks_uri: a.jwks_uri,
+        leeway,
+        max_token_lifetime,
+        require_typ: a.require_typ,
+        refusal_audit_interval,
+    })
+}
+
+/// `[approval]`: how long approvals and proposals live, the key, how many approvers.
+fn approval_config(
+    approval: RawApproval,
+    data_dir: &Path,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<ApprovalConfig, ConfigError> {
+    let token_ttl = parse_duration(
+        "approval.token_ttl",
+        approval.token_ttl.as_deref().unwrap_or("15m"),
+    )?;
+    if token_ttl < Duration::from_secs(10) || token_ttl > Duration::from_secs(24 * 3600) {
+        return Err(invalid("`approval.token_ttl` must be between 10s and 24h"));
+    }
+    let proposal_ttl = parse_duration(
+        "approval.proposal_ttl",
+        approval.proposal_ttl.as_deref().unwrap_or("24h"),
+    )?;
+    if proposal_ttl < Duration::from_secs(60) || proposal_ttl > Duration::from_secs(30 * 86400) {
+        return Err(invalid(
+            "`approval.proposal_ttl` must be between 1m and 30d",
+        ));
+    }
+    let required_approvals = approval.required_approvals.unwrap_or(1);
+    if !(1..=5).contains(&required_approvals) {
+        return Err(invalid(
+            "`approval.required_approvals` must be between 1 and 5",
+        ));
+    }
+    Ok(ApprovalConfig {
+        token_ttl,
+        proposal_ttl,
+        key_file: approval
+            .key_file
+            .map(resolve)
+            .unwrap_or_else(|| data_dir.join("approval.key")),
+        required_approvals,
+        issuer: approval.issuer.unwrap_or_else(|| "nhi-mcp".to_owned()),
+        cli_client_id: approval
+            .cli_client_id
+            .unwrap_or_else(|| "nhi-mcp-cli".to_owned()),
+    })
+}
+
 fn audit_config(
     raw: Option<RawAudit>,
     data_dir: &Path,
     resolve: &dyn Fn(PathBuf) -> PathBuf,
 ) -> Result<AuditConfig, ConfigError> {
-    let raw = raw.unwrap_or(RawAudit {
-        checkpoint_key_file: None,
-        checkpoint_file: None,
-        checkpoint_interval: None,
-    });
+    let raw = raw.unwrap_or_default();
     let checkpoint_interval = parse_duration(
         "audit.checkpoint_interval",
         raw.checkpoint_interval.as_deref().unwrap_or("5m"),
@@ -1097,6 +1088,76 @@ mod tests {
                 .unwrap_err()
                 .contains("hunter2")
         );
+    }
+
+    /// Each provider and sink kind takes exactly its own keys: a key of another kind is an
+    /// error that names the entry, its line and the keys that do apply.
+    #[test]
+    fn provider_and_sink_keys_are_checked_by_kind() {
+        let check = |text: &str, expected: &[&str]| {
+            let err = load(text).unwrap_err();
+            assert!(!err.contains('\n'), "{err}");
+            for e in expected {
+                assert!(err.contains(e), "`{err}` lacks `{e}`");
+            }
+        };
+        let inv = "[[providers]]\nname = \"a\"\nkind = \"inventory\"\npath = \"a.toml\"\n";
+        check(
+            &format!(
+                "{inv}\n[[providers]]\nname = \"pg\"\nkind = \"postgres\"\nurl_env = \"U\"\nregion = \"x\"\n"
+            ),
+            &[
+                "`providers[1]` (line 6)",
+                "unknown field `region`",
+                "`url_env`",
+                "`url_file`",
+            ],
+        );
+        check(
+            "[[providers]]\nname = \"a\"\nkind = \"inventory\"\npath = \"a\"\ntimeout = \"3s\"\n",
+            &[
+                "`providers[0]` (line 1)",
+                "unknown field `timeout`",
+                "`path`",
+            ],
+        );
+        check(
+            "[[providers]]\nname = \"a\"\npath = \"a\"\n",
+            &["`providers[0]`", "missing field `kind`"],
+        );
+        check(
+            "[[providers]]\nname = \"a\"\nkind = \"aws_iam\"\nsink = { kind = \"file\", prefix = \"p/\" }\n",
+            &["`providers[0]`: `sink`", "unknown field `prefix`"],
+        );
+        check(
+            "[[providers]]\nname = \"a\"\nkind = \"aws_iam\"\nsink = { kind = \"aws_secretsmanager\", path = \"p\" }\n",
+            &["`providers[0]`: `sink`", "unknown field `path`", "`prefix`"],
+        );
+        check(
+            &format!("{inv}sink = {{ kind = \"aws_secretsmanager\" }}\n"),
+            &["demo data", "`file` sink only"],
+        );
+        check(
+            "[[providers]]\nname = \"pg\"\nkind = \"postgres\"\n",
+            &["exactly one of `url_env` or `url_file`"],
+        );
+        check(
+            &format!("{inv}[[providers]]\nname = \"a\"\nkind = \"inventory\"\npath = \"b.toml\"\n"),
+            &["`providers[1]`", "used twice"],
+        );
+        let long = "k".repeat(10_000);
+        let err = load(&format!("[[providers]]\nname = \"a\"\nkind = \"{long}\"\n")).unwrap_err();
+        assert!(err.len() < 400, "{} characters", err.len());
+        let c = load(
+            "[[providers]]\nname = \"aws\"\nkind = \"aws_iam\"\nregion = \"eu-west-1\"\nendpoint_url = \"http://127.0.0.1:5000\"\nsink = { kind = \"aws_secretsmanager\" }\n",
+        )
+        .unwrap();
+        let SinkConfig::SecretsManager { prefix, endpoint } = &c.providers[0].sink else {
+            panic!("not Secrets Manager");
+        };
+        assert_eq!(prefix, "nhi-mcp/");
+        assert_eq!(endpoint.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(c.providers[0].refresh, Duration::from_secs(300));
     }
 
     /// Issue #8: configured principals are normalised, look-alikes and the server's own names

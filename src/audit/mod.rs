@@ -100,6 +100,13 @@ impl AuditEntry {
         }
     }
 
+    /// The digest of the arguments as the caller sent them, when `arguments` were redacted
+    /// before the entry was built.
+    pub fn arguments_digest(mut self, digest: String) -> Self {
+        self.arguments_digest = digest;
+        self
+    }
+
     /// The reason, with secret-shaped text redacted (it can quote what a caller sent).
     pub fn reason(mut self, reason: impl Into<String>) -> Self {
         self.reason = Some(redact_text(&reason.into(), false));

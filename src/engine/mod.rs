@@ -90,19 +90,30 @@ pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 pub struct Caller {
     pub principal: Principal,
     pub tool: String,
-    pub arguments: Value,
+    /// The call's arguments, already redacted: secrets (an approval token under any name) are
+    /// gone before anything holds or logs a `Caller`.
+    arguments: Value,
+    /// SHA-256 of the arguments as received, for the audit record.
+    arguments_digest: String,
     /// The policies behind the decisions made for this call, for its audit record.
     policy_ids: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Caller {
+    /// A call by `principal`; the arguments are redacted here, and the raw value dropped.
     pub fn new(principal: &Principal, tool: &str, arguments: Value) -> Self {
         Self {
             principal: principal.clone(),
             tool: tool.to_owned(),
-            arguments,
+            arguments_digest: crate::model::canonical::digest(&arguments).unwrap_or_default(),
+            arguments: crate::audit::redact(&arguments),
             policy_ids: Arc::default(),
         }
+    }
+
+    /// The redacted arguments.
+    pub fn arguments(&self) -> &Value {
+        &self.arguments
     }
 
     fn record_policies(&self, decision: &PolicyDecision) {
@@ -121,6 +132,7 @@ impl Caller {
             .map(|ids| ids.clone())
             .unwrap_or_default();
         AuditEntry::new(&self.principal.id, &self.tool, &self.arguments, decision)
+            .arguments_digest(self.arguments_digest.clone())
             .caller(&self.principal)
             .policies(ids)
     }
@@ -415,4 +427,37 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 8: an approval token is gone from a `Caller` as soon as it is built, under its own
+    /// name, a mistyped one or no name at all; the audit digest is still of what was sent.
+    #[test]
+    fn a_caller_never_holds_the_approval_token() {
+        let token = "eyJhbGciOiJFZERTQSJ9.eyJwcm9wb3NhbCI6InAifQ.c2lnbmF0dXJlLWJ5dGVz";
+        let sent = serde_json::json!({
+            "proposal_id": "prop_0123",
+            "approval_token": token,
+            "approvalToken": token,
+            "note": [format!("here: {token}")],
+        });
+        let caller = Caller::new(
+            &Principal::new("agent:a", [Scope::Apply]),
+            "apply_proposal",
+            sent.clone(),
+        );
+        let held = format!("{caller:?}");
+        assert!(!held.contains(token), "{held}");
+        assert!(!held.contains("c2lnbmF0dXJlLWJ5dGVz"), "{held}");
+        assert_eq!(caller.arguments()["proposal_id"], "prop_0123");
+        let entry = caller.entry(Decision::Allow);
+        assert_eq!(
+            entry.arguments_digest,
+            crate::model::canonical::digest(&sent).unwrap()
+        );
+        assert!(!entry.arguments.to_string().contains(token));
+    }
 }

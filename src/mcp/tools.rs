@@ -124,14 +124,16 @@ pub struct ListIdentitiesArgs {
 #[serde(deny_unknown_fields)]
 pub struct IdentityArgs {
     /// `<provider>:<native id>`, e.g. `demo-aws:user/ci-deploy`.
-    pub identity_id: String,
+    #[schemars(with = "String")]
+    pub identity_id: IdentityId,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListFindingsArgs {
     /// Only this identity's findings.
-    pub identity_id: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub identity_id: Option<IdentityId>,
     /// Only findings of this provider (its configured name).
     pub provider: Option<String>,
     /// Only findings at least this severe.
@@ -152,9 +154,11 @@ pub struct ListFindingsArgs {
 #[serde(deny_unknown_fields)]
 pub struct ProposeRotationArgs {
     /// The identity whose credential to rotate: `<provider>:<native id>`.
-    pub identity_id: String,
+    #[schemars(with = "String")]
+    pub identity_id: IdentityId,
     /// The credential to rotate; required when the identity has more than one active credential.
-    pub credential_id: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub credential_id: Option<CredentialId>,
     /// How long the old credential stays valid after the new one is delivered: `0s` for a leaked
     /// credential, up to `30d`. Default `1h`.
     pub grace_period: Option<String>,
@@ -166,7 +170,8 @@ pub struct ProposeRotationArgs {
 #[serde(deny_unknown_fields)]
 pub struct RevokeIdentityArgs {
     /// The identity to revoke: `<provider>:<native id>`.
-    pub identity_id: String,
+    #[schemars(with = "String")]
+    pub identity_id: IdentityId,
     /// Why; required when proposing.
     pub reason: Option<String>,
     /// The token an admin issued when approving the revocation proposal. Without it the call
@@ -178,7 +183,8 @@ pub struct RevokeIdentityArgs {
 #[serde(deny_unknown_fields)]
 pub struct ApplyProposalArgs {
     /// The approved proposal: `prop_` and 32 hex digits.
-    pub proposal_id: String,
+    #[schemars(with = "String")]
+    pub proposal_id: ProposalId,
     /// The approval token an admin issued for exactly this proposal.
     pub approval_token: String,
 }
@@ -187,7 +193,8 @@ pub struct ApplyProposalArgs {
 #[serde(deny_unknown_fields)]
 pub struct ProposalArgs {
     /// `prop_` and 32 hex digits.
-    pub proposal_id: String,
+    #[schemars(with = "String")]
+    pub proposal_id: ProposalId,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -196,7 +203,8 @@ pub struct ListProposalsArgs {
     /// Only proposals in this state.
     pub status: Option<ProposalStatus>,
     /// Only proposals for this identity: `<provider>:<native id>`.
-    pub identity_id: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub identity_id: Option<IdentityId>,
     /// `next_cursor` from the previous page.
     pub cursor: Option<String>,
     /// Page size, 1 to 500 (default 50).
@@ -224,14 +232,6 @@ pub struct ProposalResult {
 pub struct ListProposalsResult {
     pub proposals: Vec<Proposal>,
     pub next_cursor: Option<String>,
-}
-
-fn identity_id(raw: &str) -> Result<IdentityId, ToolError> {
-    IdentityId::parse(raw).map_err(|e| ToolError::InvalidParams(e.0))
-}
-
-fn proposal_id(raw: &str) -> Result<ProposalId, ToolError> {
-    ProposalId::parse(raw).map_err(|e| ToolError::InvalidParams(e.0))
 }
 
 // ---- the server ------------------------------------------------------------------------------
@@ -390,11 +390,9 @@ impl NhiServer {
             "get_identity",
             &serde_json::json!({"identity_id": args.identity_id}),
         );
-        let id = match identity_id(&args.identity_id) {
-            Ok(id) => id,
-            Err(e) => return Err(self.invalid(&caller, e).await),
-        };
-        Ok(Json(self.engine.get_identity(&caller, &id).await?))
+        Ok(Json(
+            self.engine.get_identity(&caller, &args.identity_id).await?,
+        ))
     }
 
     #[tool(
@@ -412,12 +410,8 @@ impl NhiServer {
         Parameters(args): Parameters<ListFindingsArgs>,
     ) -> Result<Json<FindingsPage>, ToolError> {
         let caller = self.caller("list_findings", &finding_args(&args));
-        let identity = match args.identity_id.as_deref().map(identity_id).transpose() {
-            Ok(id) => id,
-            Err(e) => return Err(self.invalid(&caller, e).await),
-        };
         let query = FindingQuery {
-            identity_id: identity,
+            identity_id: args.identity_id,
             provider: args.provider,
             severity: args.severity,
             finding: args.finding,
@@ -446,25 +440,12 @@ impl NhiServer {
             "propose_rotation",
             &serde_json::json!({"identity_id": args.identity_id, "credential_id": args.credential_id, "grace_period": args.grace_period, "reason": args.reason}),
         );
-        let parsed = identity_id(&args.identity_id).and_then(|id| {
-            let cred = args
-                .credential_id
-                .as_deref()
-                .map(CredentialId::parse)
-                .transpose()
-                .map_err(|e| ToolError::InvalidParams(e.0))?;
-            Ok((id, cred))
-        });
-        let (id, cred) = match parsed {
-            Ok(v) => v,
-            Err(e) => return Err(self.invalid(&caller, e).await),
-        };
         Ok(Json(
             self.engine
                 .propose_rotation(
                     &caller,
-                    &id,
-                    cred.as_ref(),
+                    &args.identity_id,
+                    args.credential_id.as_ref(),
                     args.grace_period.as_deref(),
                     &args.reason,
                 )
@@ -490,15 +471,11 @@ impl NhiServer {
             "revoke_identity",
             &serde_json::json!({"identity_id": args.identity_id, "reason": args.reason, "approval_token": args.approval_token}),
         );
-        let id = match identity_id(&args.identity_id) {
-            Ok(id) => id,
-            Err(e) => return Err(self.invalid(&caller, e).await),
-        };
         Ok(Json(
             self.engine
                 .revoke_identity(
                     &caller,
-                    &id,
+                    &args.identity_id,
                     args.reason.as_deref(),
                     args.approval_token.as_deref(),
                 )
@@ -524,13 +501,9 @@ impl NhiServer {
             "apply_proposal",
             &serde_json::json!({"proposal_id": args.proposal_id, "approval_token": args.approval_token}),
         );
-        let id = match proposal_id(&args.proposal_id) {
-            Ok(id) => id,
-            Err(e) => return Err(self.invalid(&caller, e).await),
-        };
         let proposal = self
             .engine
-            .apply_proposal(&caller, &id, &args.approval_token)
+            .apply_proposal(&caller, &args.proposal_id, &args.approval_token)
             .await?;
         Ok(Json(ProposalResult { proposal }))
     }
@@ -553,11 +526,7 @@ impl NhiServer {
             "get_proposal",
             &serde_json::json!({"proposal_id": args.proposal_id}),
         );
-        let id = match proposal_id(&args.proposal_id) {
-            Ok(id) => id,
-            Err(e) => return Err(self.invalid(&caller, e).await),
-        };
-        let proposal = self.engine.get_proposal(&caller, &id).await?;
+        let proposal = self.engine.get_proposal(&caller, &args.proposal_id).await?;
         Ok(Json(ProposalResult { proposal }))
     }
 
@@ -579,13 +548,9 @@ impl NhiServer {
             "list_proposals",
             &serde_json::json!({"status": args.status, "identity_id": args.identity_id, "cursor": args.cursor, "limit": args.limit}),
         );
-        let identity = match args.identity_id.as_deref().map(identity_id).transpose() {
-            Ok(id) => id,
-            Err(e) => return Err(self.invalid(&caller, e).await),
-        };
         let query = ProposalQuery {
             status: args.status,
-            identity_id: identity,
+            identity_id: args.identity_id,
             cursor: args.cursor,
             limit: args.limit,
         };
@@ -612,14 +577,6 @@ impl NhiServer {
         self.tool_router
             .call(ToolCallContext::new(self, request, context))
             .await
-    }
-
-    /// Audits arguments the handler refused before the engine saw them, and passes the error on.
-    async fn invalid(&self, caller: &Caller, e: ToolError) -> ToolError {
-        if let ToolError::InvalidParams(m) = &e {
-            self.engine.audit_invalid_call(caller, m).await;
-        }
-        e
     }
 }
 

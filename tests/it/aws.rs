@@ -588,7 +588,7 @@ fn aws_config_is_validated() {
     for (toml, want) in [
         (
             "[[providers]]\nname = \"aws\"\nkind = \"aws_iam\"\nurl_env = \"X\"\n",
-            "`url_env` does not apply to kind `aws_iam`",
+            "`providers[0]` (line 1): unknown field `url_env`, expected one of `name`, `region`",
         ),
         (
             "[[providers]]\nname = \"aws\"\nkind = \"aws_iam\"\nendpoint_url = \"localhost:5000\"\n",
@@ -596,7 +596,7 @@ fn aws_config_is_validated() {
         ),
         (
             "[[providers]]\nname = \"aws\"\nkind = \"aws_iam\"\nsink = { kind = \"vault\" }\n",
-            "unknown sink kind",
+            "`providers[0]`: `sink`: unknown variant `vault`, expected `file` or `aws_secretsmanager`",
         ),
         (
             "[[providers]]\nname = \"aws\"\nkind = \"aws_iam\"\npath_prefix = \"svc\"\n",
