@@ -56,6 +56,13 @@ pub trait Provider: Send + Sync {
 
     async fn get(&self, id: &IdentityId) -> Result<Option<Identity>, ProviderError>;
 
+    /// A token that changes whenever `list` would answer differently, if the provider can tell
+    /// that cheaply (without reading its whole inventory); `None` when it cannot. The engine
+    /// reads a provider whose token did not change from its index instead of calling `list`.
+    async fn version(&self) -> Option<String> {
+        None
+    }
+
     /// The steps that rotate `credential`, keeping the old one valid for `grace`.
     fn plan_rotation(
         &self,

@@ -34,14 +34,13 @@ impl Engine {
             let mut page = self.proposals_page(q).await?;
             page.items.retain(|p| self.may_decide(&caller, p));
             let ids: Vec<&str> = page.items.iter().map(|p| p.body.id.as_str()).collect();
-            let mut tx = self.store.begin().await?;
-            tx.append_audit(caller.entry(Decision::Allow).outcome(format!(
-                "{} proposals: {}",
-                ids.len(),
-                ids.join(", ")
-            )))
-            .await?;
-            tx.commit().await?;
+            self.audit
+                .append(caller.entry(Decision::Allow).outcome(format!(
+                    "{} proposals: {}",
+                    ids.len(),
+                    ids.join(", ")
+                )))
+                .await?;
             Ok(page)
         }
         .await;
@@ -62,15 +61,14 @@ impl Engine {
                 .await?
                 .filter(|p| self.may_decide(&caller, p))
                 .ok_or_else(|| EngineError::NotFound(format!("proposal `{id}` not found")))?;
-            let mut tx = self.store.begin().await?;
-            tx.append_audit(
-                caller
-                    .entry(Decision::Allow)
-                    .proposal(id.as_str())
-                    .outcome(format!("proposal is {}", p.status.as_str())),
-            )
-            .await?;
-            tx.commit().await?;
+            self.audit
+                .append(
+                    caller
+                        .entry(Decision::Allow)
+                        .proposal(id.as_str())
+                        .outcome(format!("proposal is {}", p.status.as_str())),
+                )
+                .await?;
             Ok(p)
         }
         .await;

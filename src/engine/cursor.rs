@@ -79,7 +79,9 @@ pub fn encode(after: &str, query: &str) -> String {
         .encode(serde_json::to_vec(&raw).unwrap_or_default())
 }
 
-/// Pages `items` (already sorted by `key`) after `after`, `limit` at a time.
+/// Pages `items` (already sorted by `key`) after `after`, `limit` at a time: the reference the
+/// index's pages are checked against (`index_guard`).
+#[cfg(test)]
 pub fn paginate<T>(
     items: Vec<T>,
     key: impl Fn(&T) -> String,

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::sync::{Mutex, RwLock};
 
+use super::index::Snapshot;
 use super::query::Freshness;
 use super::{Engine, Result, list_with_timeout, with_timeout};
 use crate::model::{Identity, IdentityId};
@@ -32,8 +33,7 @@ const CACHE: &str = "cache";
 /// One provider's inventory as last read in full, plus identities re-read one by one since.
 #[derive(Debug, Clone)]
 struct CachedInventory {
-    /// Sorted by id.
-    identities: Arc<Vec<Identity>>,
+    index: Arc<Snapshot>,
     /// When the full read finished.
     refreshed_at: DateTime<Utc>,
     /// How long the full read took; 0 when unknown (loaded from the store).
@@ -105,18 +105,31 @@ impl ProviderCache {
     }
 }
 
-/// The inventory caches of the providers configured with a non-zero `refresh`.
+/// The inventory caches of the providers configured with a non-zero `refresh`, and the index
+/// of each other ("live") provider as of its last `version`.
 pub(super) struct InventoryCache {
     providers: BTreeMap<String, ProviderCache>,
+    live: BTreeMap<String, Mutex<Option<LiveIndex>>>,
     versions: AtomicU64,
+}
+
+/// A live provider's index and the provider's `version` it was read at.
+struct LiveIndex {
+    version: String,
+    index: Arc<Snapshot>,
 }
 
 impl InventoryCache {
     /// Caches for the providers (name, `refresh`) whose `refresh` is not zero.
     pub(super) fn new(refresh: impl IntoIterator<Item = (String, Duration)>) -> Self {
-        let providers = refresh
+        let (cached, live): (Vec<_>, Vec<_>) =
+            refresh.into_iter().partition(|(_, every)| !every.is_zero());
+        let live = live
             .into_iter()
-            .filter(|(_, every)| !every.is_zero())
+            .map(|(name, _)| (name, Mutex::new(None)))
+            .collect();
+        let providers = cached
+            .into_iter()
             .map(|(name, every)| {
                 let cache = ProviderCache {
                     refresh: every,
@@ -130,6 +143,7 @@ impl InventoryCache {
             .collect();
         Self {
             providers,
+            live,
             versions: AtomicU64::new(1),
         }
     }
@@ -157,15 +171,16 @@ fn put_one(list: &mut Vec<Identity>, id: &IdentityId, identity: Option<Identity>
 }
 
 impl Engine {
-    /// Every identity of every provider (or one provider), sorted by id, and how fresh each
-    /// provider's part is. A provider with a `refresh` interval is answered from its cached
-    /// inventory whenever there is one, however old (the background refresh renews it), unless
-    /// `refresh` asks for a live read; a live read that fails is an error.
-    pub(super) async fn all_identities(
+    /// The index of every provider (or one provider), and how fresh each is. A provider with
+    /// a `refresh` interval is answered from its cached inventory whenever there is one,
+    /// however old (the background refresh renews it), unless `refresh` asks for a live read;
+    /// a live read that fails is an error. A provider without one is read live, from its index
+    /// when its `version` says nothing changed.
+    pub(super) async fn inventories(
         &self,
         provider: Option<&str>,
         refresh: bool,
-    ) -> Result<(Vec<Identity>, Vec<Freshness>)> {
+    ) -> Result<(Vec<Arc<Snapshot>>, Vec<Freshness>)> {
         let mut out = Vec::new();
         let mut freshness = Vec::new();
         for (name, p) in &self.providers {
@@ -174,18 +189,41 @@ impl Engine {
             }
             match self.inventory.providers.get(name) {
                 None => {
-                    out.extend(list_with_timeout(p.as_ref()).await?);
+                    out.push(self.live_index(name, p).await?);
                     freshness.push(Freshness::live(name));
                 }
                 Some(cache) => {
                     let (entry, source) = self.inventory_of(name, p, cache, refresh).await?;
-                    out.extend(entry.identities.iter().cloned());
                     freshness.push(cache.freshness(name, &entry, source));
+                    out.push(entry.index);
                 }
             }
         }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok((out, freshness))
+    }
+
+    /// A live provider's index: the one last read if the provider's `version` is unchanged,
+    /// else a new read. Concurrent calls share one read.
+    async fn live_index(&self, name: &str, provider: &Arc<dyn Provider>) -> Result<Arc<Snapshot>> {
+        let Some(slot) = self.inventory.live.get(name) else {
+            return Ok(Arc::new(Snapshot::build(
+                list_with_timeout(provider.as_ref()).await?,
+            )));
+        };
+        let mut slot = slot.lock().await;
+        // Asked before the read: a change during the read shows as a new version next time.
+        let version = provider.version().await;
+        if let (Some(v), Some(known)) = (&version, slot.as_ref())
+            && known.version == *v
+        {
+            return Ok(Arc::clone(&known.index));
+        }
+        let index = Arc::new(Snapshot::build(list_with_timeout(provider.as_ref()).await?));
+        *slot = version.map(|version| LiveIndex {
+            version,
+            index: Arc::clone(&index),
+        });
+        Ok(index)
     }
 
     /// A cached provider's inventory and where it came from (`live` or `cache`): the cache if
@@ -225,15 +263,12 @@ impl Engine {
             }
         }
         let stored = match self.store.cached_inventory(name).await {
-            Ok(stored) => stored.map(|(mut identities, refreshed_at)| {
-                identities.sort_by(|a, b| a.id.cmp(&b.id));
-                CachedInventory {
-                    identities: Arc::new(identities),
-                    refreshed_at,
-                    duration_ms: 0,
-                    started: None,
-                    version: 0,
-                }
+            Ok(stored) => stored.map(|(identities, refreshed_at)| CachedInventory {
+                index: Arc::new(Snapshot::build(identities)),
+                refreshed_at,
+                duration_ms: 0,
+                started: None,
+                version: 0,
             }),
             Err(e) => {
                 tracing::warn!(provider = name, error = %e, "cannot read the saved inventory; the provider is read instead");
@@ -269,16 +304,12 @@ impl Engine {
             let keep = state.dropped_at.is_none_or(|dropped| dropped < started);
             if keep && let Some(current) = &state.current {
                 for (id, _) in state.patched.iter().filter(|(_, at)| **at >= started) {
-                    let newer = current
-                        .identities
-                        .binary_search_by(|i| i.id.cmp(id))
-                        .ok()
-                        .map(|at| current.identities[at].clone());
+                    let newer = current.index.get(id).map(|e| e.identity.clone());
                     put_one(&mut identities, id, newer);
                 }
             }
             let entry = CachedInventory {
-                identities: Arc::new(identities),
+                index: Arc::new(Snapshot::build(identities)),
                 refreshed_at: Utc::now(),
                 duration_ms,
                 started: Some(started),
@@ -315,22 +346,15 @@ impl Engine {
                 return;
             };
             state.patched.insert(id.clone(), Instant::now());
-            let unchanged = match (
-                current.identities.binary_search_by(|i| i.id.cmp(id)),
-                identity,
-            ) {
-                (Ok(at), Some(new)) => current.identities[at] == *new,
-                (Err(_), None) => true,
+            let unchanged = match (current.index.get(id), identity) {
+                (Some(e), Some(new)) => e.identity == *new,
+                (None, None) => true,
                 _ => false,
             };
             if unchanged {
                 return;
             }
-            put_one(
-                Arc::make_mut(&mut current.identities),
-                id,
-                identity.cloned(),
-            );
+            current.index = Arc::new(current.index.with(id, identity.cloned()));
             current.version = self.inventory.next_version();
             current.clone()
         };
@@ -384,8 +408,9 @@ impl Engine {
         }
         let result = match entry {
             Some(e) => {
+                let identities: Vec<&Identity> = e.index.identities().collect();
                 self.store
-                    .put_inventory(name, e.identities.as_slice(), e.refreshed_at, e.duration_ms)
+                    .put_inventory(name, &identities, e.refreshed_at, e.duration_ms)
                     .await
             }
             None => self.store.drop_inventory(name).await,
@@ -421,7 +446,7 @@ impl Engine {
             match self.read_live(name, provider, cache).await {
                 Ok(entry) => tracing::info!(
                     provider = %name,
-                    identities = entry.identities.len(),
+                    identities = entry.index.len(),
                     duration_ms = entry.duration_ms,
                     "inventory refreshed"
                 ),

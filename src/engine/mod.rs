@@ -3,9 +3,13 @@
 //! HTTP or SQL.
 
 mod admin_read;
+mod audit_writer;
 mod checkpoint;
 mod cursor;
 mod execute;
+mod index;
+#[cfg(test)]
+mod index_guard;
 mod inventory;
 mod proof;
 mod query;
@@ -152,6 +156,8 @@ pub struct Engine {
     max_proposals_per_hour: Option<u32>,
     /// The cached inventories of the providers with a non-zero `refresh`.
     inventory: inventory::InventoryCache,
+    /// Writes the audit records of calls that change nothing, in group commits.
+    audit: audit_writer::AuditWriter,
     /// Whether this process serves the admin API (HTTP with `[auth]`): `how_to_approve` names
     /// only channels that exist.
     admin_api: std::sync::atomic::AtomicBool,
@@ -195,6 +201,7 @@ impl Engine {
         );
         Ok(Self {
             inventory,
+            audit: audit_writer::AuditWriter::new(store.clone()),
             policy,
             max_proposals_per_hour: config.max_proposals_per_hour,
             store,
@@ -290,10 +297,9 @@ impl Engine {
 
     /// Audits a call that changed nothing: allowed reads.
     async fn audit_read(&self, caller: &Caller, outcome: String) -> Result<()> {
-        let mut tx = self.store.begin().await?;
-        tx.append_audit(caller.entry(Decision::Allow).outcome(outcome))
+        self.audit
+            .append(caller.entry(Decision::Allow).outcome(outcome))
             .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -309,13 +315,7 @@ impl Engine {
         if let Some(p) = proposal {
             entry = entry.proposal(p.as_str());
         }
-        let result = async {
-            let mut tx = self.store.begin().await?;
-            tx.append_audit(entry).await?;
-            tx.commit().await
-        }
-        .await;
-        if let Err(e) = result {
+        if let Err(e) = self.audit.append(entry).await {
             tracing::error!(error = %e, tool = %caller.tool, "cannot write the audit record of a refused call");
         }
     }
@@ -383,6 +383,14 @@ impl Engine {
             EngineError::Internal(format!("provider `{provider}` has no secret sink"))
         })
     }
+}
+
+/// Who decides what a principal may read, as a key for kept decisions: everything about the
+/// principal the policy sees.
+fn principal_key(p: &Principal) -> Arc<str> {
+    serde_json::json!([p.id, p.scope_list(), p.issuer, p.client_id])
+        .to_string()
+        .into()
 }
 
 fn not_found_identity(id: &IdentityId) -> EngineError {

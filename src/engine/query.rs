@@ -6,8 +6,11 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::Serialize;
 
+use std::sync::Arc;
+
 use super::cursor::{self, Page};
-use super::{Caller, Engine, EngineError, Result};
+use super::index::{self, Indexed};
+use super::{Caller, Engine, EngineError, Result, principal_key};
 use crate::authz::{PolicyAction, Scope};
 use crate::model::finding::evaluate;
 use crate::model::ids::check_free_text;
@@ -151,6 +154,45 @@ pub struct FindingsPage {
     pub freshness: Vec<Freshness>,
 }
 
+/// Whether `<rank>|<id>` (the findings cursor's key) sorts after `after`, without building it.
+fn key_after(rank: u8, id: &str, after: &str) -> bool {
+    let key = [b'0' + rank, b'|'].into_iter().chain(id.bytes());
+    key.cmp(after.bytes()) == std::cmp::Ordering::Greater
+}
+
+fn severity_name(s: Severity) -> &'static str {
+    match s {
+        Severity::Low => "low",
+        Severity::Medium => "medium",
+        Severity::High => "high",
+        Severity::Critical => "critical",
+    }
+}
+
+fn finding_wanted(q: &FindingQuery, f: &Finding) -> bool {
+    q.severity.is_none_or(|s| f.severity >= s)
+        && q.finding.as_ref().is_none_or(|x| matches_finding(x, f))
+}
+
+/// The summary line of one identity for `list_identities`.
+fn summary(identity: &Identity, findings: &[Finding]) -> IdentitySummary {
+    let mut slugs: Vec<String> = findings.iter().map(|f| f.rule.slug().to_owned()).collect();
+    slugs.dedup();
+    IdentitySummary {
+        id: identity.id.clone(),
+        provider: identity.provider.clone(),
+        kind: identity.kind,
+        name: identity.name.clone(),
+        owner: identity.owner.clone(),
+        environment: identity.environment.clone(),
+        privileged: identity.permissions.privileged,
+        disabled: identity.disabled,
+        last_used_at: identity.last_activity(),
+        active_credentials: identity.active_credentials().count(),
+        findings: slugs,
+    }
+}
+
 fn matches_finding(filter: &str, f: &Finding) -> bool {
     filter.eq_ignore_ascii_case(&f.owasp_id) || filter == f.rule.slug()
 }
@@ -231,14 +273,21 @@ impl Engine {
         let after = cursor::decode(q.cursor.as_deref(), &hash)?;
         let now = Utc::now();
         let text = q.text.as_ref().map(|t| t.to_lowercase());
-        let mut out = Vec::new();
-        let (identities, freshness) = self
-            .all_identities(q.provider.as_deref(), q.refresh)
-            .await?;
-        for identity in identities {
-            if !self.may_read(caller, &identity) {
-                continue;
-            }
+        let (indexes, freshness) = self.inventories(q.provider.as_deref(), q.refresh).await?;
+        let indexed = Indexed {
+            kind: q.kind,
+            owner: q.owner.as_deref(),
+            environment: q.environment.as_deref(),
+        };
+        let walks = indexes
+            .iter()
+            .map(|i| i.candidates(&indexed, after.as_deref()).peekable())
+            .collect();
+        let reader = principal_key(&caller.principal);
+        // One more than a page: whether there is a next page.
+        let mut out: Vec<IdentitySummary> = Vec::with_capacity(limit + 1);
+        for entry in index::merge(walks) {
+            let identity = &entry.identity;
             if q.kind.is_some_and(|k| k != identity.kind)
                 || q.owner
                     .as_ref()
@@ -275,34 +324,27 @@ impl Engine {
             {
                 continue;
             }
-            let findings = evaluate(&identity, &self.thresholds, now);
+            let findings = entry.findings(&self.thresholds, now);
             if let Some(f) = &q.finding
                 && !findings.iter().any(|x| matches_finding(f, x))
             {
                 continue;
             }
-            let mut slugs: Vec<String> =
-                findings.iter().map(|f| f.rule.slug().to_owned()).collect();
-            slugs.dedup();
-            out.push(IdentitySummary {
-                provider: identity.provider.clone(),
-                kind: identity.kind,
-                name: identity.name.clone(),
-                owner: identity.owner.clone(),
-                environment: identity.environment.clone(),
-                privileged: identity.permissions.privileged,
-                disabled: identity.disabled,
-                last_used_at: identity.last_activity(),
-                active_credentials: identity.active_credentials().count(),
-                findings: slugs,
-                id: identity.id,
-            });
+            // Last, as the dearest check: decided only for identities the page can show.
+            if !entry.may_read(&reader, |i| self.may_read(caller, i)) {
+                continue;
+            }
+            out.push(summary(identity, &findings));
+            if out.len() > limit {
+                break;
+            }
         }
-        let page: Page<IdentitySummary> =
-            cursor::paginate(out, |s| s.id.to_string(), after.as_deref(), limit, &hash);
+        let next_cursor =
+            (out.len() > limit).then(|| cursor::encode(out[limit - 1].id.as_str(), &hash));
+        out.truncate(limit);
         Ok(IdentitiesPage {
-            items: page.items,
-            next_cursor: page.next_cursor,
+            items: out,
+            next_cursor,
             freshness,
         })
     }
@@ -352,48 +394,69 @@ impl Engine {
             self.check_provider_filter(&q.provider)?;
             let hash = cursor::query_hash(&q);
             let after = cursor::decode(q.cursor.as_deref(), &hash)?;
-            let (identities, freshness) = match &q.identity_id {
+            let now = Utc::now();
+            let reader = principal_key(&caller.principal);
+            let (kept, freshness): (Vec<Arc<Vec<Finding>>>, _) = match &q.identity_id {
                 Some(id) => {
                     let identity = self.fetch_identity(id).await?;
                     self.authorize(caller, PolicyAction::Read, &identity)?;
                     let freshness = vec![Freshness::live(id.provider())];
-                    (vec![identity], freshness)
+                    (
+                        vec![Arc::new(evaluate(&identity, &self.thresholds, now))],
+                        freshness,
+                    )
                 }
                 None => {
-                    let (all, freshness) = self
-                        .all_identities(q.provider.as_deref(), q.refresh)
-                        .await?;
-                    let readable: Vec<Identity> = all
-                        .into_iter()
-                        .filter(|i| self.may_read(caller, i))
+                    let (indexes, freshness) =
+                        self.inventories(q.provider.as_deref(), q.refresh).await?;
+                    let kept = indexes
+                        .iter()
+                        .flat_map(|i| i.entries().iter())
+                        .filter_map(|e| {
+                            let findings = e.findings(&self.thresholds, now);
+                            let any = findings.iter().any(|f| finding_wanted(&q, f));
+                            (any && e.may_read(&reader, |i| self.may_read(caller, i)))
+                                .then_some(findings)
+                        })
                         .collect();
-                    (readable, freshness)
+                    (kept, freshness)
                 }
             };
-            let now = Utc::now();
-            let mut all: Vec<Finding> = identities
+            let mut all: Vec<&Finding> = kept
                 .iter()
-                .flat_map(|i| evaluate(i, &self.thresholds, now))
-                .filter(|f| q.severity.is_none_or(|s| f.severity >= s))
-                .filter(|f| q.finding.as_ref().is_none_or(|x| matches_finding(x, f)))
+                .flat_map(|f| f.iter())
+                .filter(|f| finding_wanted(&q, f))
                 .collect();
-            // Most severe first, then by id: a stable order for paging.
-            let key = |f: &Finding| format!("{}|{}", 3 - f.severity as u8, f.id);
-            all.sort_by_key(key);
+            // Most severe first, then by id: a stable order for paging; the cursor's key is
+            // `<3 - severity>|<finding id>`.
+            let rank = |f: &Finding| 3 - f.severity as u8;
+            all.sort_by(|a, b| (rank(a), a.id.as_str()).cmp(&(rank(b), b.id.as_str())));
             let mut summary = FindingsSummary {
                 total: all.len(),
                 by_severity: BTreeMap::new(),
                 by_owasp_id: BTreeMap::new(),
             };
             for f in &all {
-                let sev = serde_json::to_value(f.severity)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                *summary.by_severity.entry(sev).or_default() += 1;
+                *summary
+                    .by_severity
+                    .entry(severity_name(f.severity).to_owned())
+                    .or_default() += 1;
                 *summary.by_owasp_id.entry(f.owasp_id.clone()).or_default() += 1;
             }
-            let page = cursor::paginate(all, key, after.as_deref(), limit, &hash);
+            let start = after.as_deref().map_or(0, |after| {
+                all.partition_point(|f| !key_after(rank(f), &f.id, after))
+            });
+            let rest = &all[start..];
+            let next_cursor = (rest.len() > limit).then(|| {
+                cursor::encode(
+                    &format!("{}|{}", rank(rest[limit - 1]), rest[limit - 1].id),
+                    &hash,
+                )
+            });
+            let page = Page {
+                items: rest.iter().take(limit).map(|f| (*f).clone()).collect(),
+                next_cursor,
+            };
             self.audit_read(caller, format!("{} findings", page.items.len()))
                 .await?;
             Ok(FindingsPage {

@@ -232,7 +232,7 @@ impl Store {
     pub async fn put_inventory(
         &self,
         provider: &str,
-        identities: &[Identity],
+        identities: &[&Identity],
         refreshed_at: DateTime<Utc>,
         duration_ms: u64,
     ) -> Result<()> {

@@ -34,8 +34,29 @@ struct Overlay {
 }
 
 struct Loaded {
+    /// Sorted by id.
     identities: Vec<Identity>,
+    stamp: Option<FileStamp>,
+}
+
+/// What says a file changed without reading it: modification time, size and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
     modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            modified: m.modified().ok(),
+            len: m.len(),
+            inode: m.ino(),
+        })
+    }
 }
 
 pub struct InventoryProvider {
@@ -43,6 +64,9 @@ pub struct InventoryProvider {
     source: InventorySource,
     state_path: PathBuf,
     state: Mutex<(Option<Loaded>, Overlay)>,
+    /// Counts loads of the file and changes to the overlay: with the file's stamp, the
+    /// provider's `version`.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl InventoryProvider {
@@ -71,6 +95,7 @@ impl InventoryProvider {
             source,
             state_path,
             state: Mutex::new((None, overlay)),
+            generation: std::sync::atomic::AtomicU64::new(0),
         };
         provider.current()?;
         Ok(provider)
@@ -85,53 +110,70 @@ impl InventoryProvider {
                     .map(|(_, t)| *t)
                     .unwrap_or("");
                 Ok(Loaded {
-                    identities: parse_inventory(
+                    identities: sorted(parse_inventory(
                         &self.name,
                         text,
                         &format!("builtin:{key}"),
                         false,
-                    )?,
-                    modified: None,
+                    )?),
+                    stamp: None,
                 })
             }
             InventorySource::File(path) => {
-                let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+                let stamp = FileStamp::of(path);
                 let text = std::fs::read_to_string(path).map_err(|e| InventoryError {
                     message: format!("inventory {}: cannot read: {e}", path.display()),
                 })?;
                 let json = path.extension().is_some_and(|e| e == "json");
                 Ok(Loaded {
-                    identities: parse_inventory(
+                    identities: sorted(parse_inventory(
                         &self.name,
                         &text,
                         &path.display().to_string(),
                         json,
-                    )?,
-                    modified,
+                    )?),
+                    stamp,
                 })
             }
         }
     }
 
-    /// The identities with the overlay applied, re-reading the file if it changed.
-    fn current(&self) -> Result<Vec<Identity>, InventoryError> {
+    /// Runs `f` on the loaded file (re-read first if it changed) and the overlay.
+    fn with_current<T>(
+        &self,
+        f: impl FnOnce(&[Identity], &Overlay) -> T,
+    ) -> Result<T, InventoryError> {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let stale = match (&guard.0, &self.source) {
             (None, _) => true,
             (Some(_), InventorySource::Embedded(_)) => false,
-            (Some(l), InventorySource::File(p)) => {
-                std::fs::metadata(p).and_then(|m| m.modified()).ok() != l.modified
-            }
+            (Some(l), InventorySource::File(p)) => FileStamp::of(p) != l.stamp,
         };
         if stale {
             guard.0 = Some(self.load()?);
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let (loaded, overlay) = &*guard;
         let base = loaded
             .as_ref()
             .map(|l| l.identities.as_slice())
             .unwrap_or_default();
-        Ok(base.iter().map(|i| apply_overlay(i, overlay)).collect())
+        Ok(f(base, overlay))
+    }
+
+    /// The identities with the overlay applied, re-reading the file if it changed.
+    fn current(&self) -> Result<Vec<Identity>, InventoryError> {
+        self.with_current(|base, overlay| base.iter().map(|i| apply_overlay(i, overlay)).collect())
+    }
+
+    /// One identity with the overlay applied: a binary search, not a walk of the file.
+    fn one(&self, id: &IdentityId) -> Result<Option<Identity>, InventoryError> {
+        self.with_current(|base, overlay| {
+            base.binary_search_by(|i| i.id.cmp(id))
+                .ok()
+                .map(|at| apply_overlay(&base[at], overlay))
+        })
     }
 
     fn mutate<T>(
@@ -146,6 +188,8 @@ impl InventoryProvider {
             message: format!("cannot save state to {}: {e}", self.state_path.display()),
         })?;
         guard.1 = next;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(out)
     }
 
@@ -183,6 +227,12 @@ impl InventoryProvider {
         };
         CredentialId::parse(&raw).map_err(|e| e.0)
     }
+}
+
+/// `identities` by id (the file may list them in any order).
+fn sorted(mut identities: Vec<Identity>) -> Vec<Identity> {
+    identities.sort_by(|a, b| a.id.cmp(&b.id));
+    identities
 }
 
 fn apply_overlay(base: &Identity, overlay: &Overlay) -> Identity {
@@ -245,7 +295,16 @@ impl Provider for InventoryProvider {
     }
 
     async fn get(&self, id: &IdentityId) -> Result<Option<Identity>, ProviderError> {
-        Ok(self.list().await?.into_iter().find(|i| &i.id == id))
+        self.one(id).map_err(|e| self.unavailable(e))
+    }
+
+    /// The generation of what `list` answers (file loads and overlay changes): a `stat` of the
+    /// file, and a read of it only when it changed.
+    async fn version(&self) -> Option<String> {
+        self.with_current(|_, _| ()).ok()?;
+        // Read after the reload above: a change after this makes the next `stat` differ.
+        let generation = self.generation.load(std::sync::atomic::Ordering::Relaxed);
+        Some(generation.to_string())
     }
 
     fn plan_rotation(

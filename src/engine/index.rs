@@ -1,0 +1,417 @@
+//! The inventory index: one provider's identities as an immutable snapshot, sorted by id, with
+//! what queries need computed once instead of on every call.
+//!
+//! - Lookups by id and the start of a page (the first id after a cursor) are binary searches.
+//! - Each filter that can be indexed (`kind`, `owner`, `environment`) has the positions of its
+//!   matching identities, so a page of a selective filter walks only its candidates.
+//! - Each identity's findings are computed once and kept until the first instant they could
+//!   read differently (a day count in an evidence or a threshold crossing), see [`valid_until`].
+//! - A change (one identity re-read, or a whole new read) builds a new snapshot sharing every
+//!   unchanged entry; readers holding the old one are not disturbed.
+//!
+//! Pages over several providers merge their snapshots' id-ordered walks, so the order is the one
+//! a sorted full list would have. The store to come (PostgreSQL) can back the same queries with
+//! indexed tables: the engine asks for candidates in id order after a key, nothing more.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::model::finding::evaluate;
+use crate::model::{Finding, Identity, IdentityId, IdentityKind, Thresholds};
+
+/// One identity in the index, with its findings as last computed.
+#[derive(Debug)]
+pub(super) struct Entry {
+    pub identity: Identity,
+    findings: Mutex<Option<Evaluated>>,
+    /// Read decisions made for this identity version, by principal (see [`Entry::may_read`]).
+    reads: Mutex<Vec<(Arc<str>, bool)>>,
+}
+
+/// How many principals' read decisions one entry keeps; the oldest goes first.
+const READS_KEPT: usize = 4;
+
+#[derive(Debug, Clone)]
+struct Evaluated {
+    findings: Arc<Vec<Finding>>,
+    /// The findings hold for every instant in `from..until`.
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+}
+
+impl Entry {
+    pub fn new(identity: Identity) -> Self {
+        Self {
+            identity,
+            findings: Mutex::new(None),
+            reads: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether the principal behind `key` may read this identity: `decide` once per
+    /// (principal, identity version). A policy decision depends only on the principal, the
+    /// action and the identity's attributes (the context is empty, the policy fixed for the
+    /// engine's life), so a kept decision is the decision.
+    pub fn may_read(&self, key: &Arc<str>, decide: impl FnOnce(&Identity) -> bool) -> bool {
+        {
+            let reads = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, allowed)) = reads
+                .iter()
+                .find(|(k, _)| Arc::ptr_eq(k, key) || **k == **key)
+            {
+                return *allowed;
+            }
+        }
+        let allowed = decide(&self.identity);
+        let mut reads = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        if reads.len() >= READS_KEPT {
+            reads.remove(0);
+        }
+        reads.push((Arc::clone(key), allowed));
+        allowed
+    }
+
+    /// The identity's findings at `now`: computed at most once per interval in which they
+    /// cannot change.
+    pub fn findings(&self, thresholds: &Thresholds, now: DateTime<Utc>) -> Arc<Vec<Finding>> {
+        let mut cached = self.findings.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = cached.as_ref()
+            && e.from <= now
+            && now < e.until
+        {
+            return Arc::clone(&e.findings);
+        }
+        let findings = Arc::new(evaluate(&self.identity, thresholds, now));
+        *cached = Some(Evaluated {
+            findings: Arc::clone(&findings),
+            from: now,
+            until: valid_until(&self.identity, now),
+        });
+        findings
+    }
+}
+
+/// The first instant after `now` at which [`evaluate`] could answer differently for
+/// `identity` (thresholds fixed). Findings depend on time only through whole-day counts
+/// (`chrono::Duration::num_days`, which truncates toward zero) between `now` and the
+/// identity's creation, its last activity and each active credential's creation; each count
+/// changes at the next whole day after its timestamp. Conservative: an earlier instant only
+/// costs an evaluation.
+pub(super) fn valid_until(identity: &Identity, now: DateTime<Utc>) -> DateTime<Utc> {
+    let day = Duration::days(1);
+    let next = |t: DateTime<Utc>| -> DateTime<Utc> {
+        let since = now.signed_duration_since(t);
+        let days = since.num_days();
+        let at = if since >= Duration::zero() {
+            // Counting up: the count becomes `days + 1` at `t + (days + 1) days`.
+            t.checked_add_signed(day * i32::try_from(days + 1).unwrap_or(i32::MAX))
+        } else {
+            // Counting toward zero from below: -k becomes -(k - 1) just after `t - k days`;
+            // `t` itself when k is 0.
+            t.checked_sub_signed(day * i32::try_from(-days).unwrap_or(i32::MAX))
+        };
+        // At the boundary itself the count changes just after `now`: valid for `now` alone.
+        at.filter(|at| *at > now)
+            .unwrap_or_else(|| now + Duration::nanoseconds(1))
+    };
+    let mut until = DateTime::<Utc>::MAX_UTC;
+    let mut consider = |t: DateTime<Utc>| until = until.min(next(t));
+    consider(identity.created_at);
+    if let Some(t) = identity.last_activity() {
+        consider(t);
+    }
+    for c in identity.active_credentials() {
+        consider(c.created_at);
+    }
+    until
+}
+
+/// One provider's identities, sorted by id, and the positions behind each indexed filter.
+#[derive(Debug, Default)]
+pub(super) struct Snapshot {
+    entries: Vec<Arc<Entry>>,
+    by_kind: HashMap<IdentityKind, Vec<u32>>,
+    by_owner: HashMap<String, Vec<u32>>,
+    by_environment: HashMap<String, Vec<u32>>,
+}
+
+/// The indexed filters of a query; `None` is "any".
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Indexed<'a> {
+    pub kind: Option<IdentityKind>,
+    pub owner: Option<&'a str>,
+    pub environment: Option<&'a str>,
+}
+
+impl Snapshot {
+    /// The index of `identities` (any order; a later duplicate id replaces an earlier one).
+    pub fn build(identities: impl IntoIterator<Item = Identity>) -> Self {
+        Self::from_entries(identities.into_iter().map(|i| Arc::new(Entry::new(i))))
+    }
+
+    fn from_entries(entries: impl IntoIterator<Item = Arc<Entry>>) -> Self {
+        let mut entries: Vec<Arc<Entry>> = entries.into_iter().collect();
+        entries.sort_by(|a, b| a.identity.id.cmp(&b.identity.id));
+        // Keep the last of equal ids (a stable sort keeps their input order).
+        entries.reverse();
+        entries.dedup_by(|later, earlier| later.identity.id == earlier.identity.id);
+        entries.reverse();
+        let mut by_kind: HashMap<IdentityKind, Vec<u32>> = HashMap::new();
+        let mut by_owner: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut by_environment: HashMap<String, Vec<u32>> = HashMap::new();
+        for (at, entry) in entries.iter().enumerate() {
+            let at = u32::try_from(at).unwrap_or(u32::MAX);
+            let i = &entry.identity;
+            by_kind.entry(i.kind).or_default().push(at);
+            if let Some(o) = &i.owner {
+                by_owner.entry(o.clone()).or_default().push(at);
+            }
+            if let Some(e) = &i.environment {
+                by_environment.entry(e.clone()).or_default().push(at);
+            }
+        }
+        Self {
+            entries,
+            by_kind,
+            by_owner,
+            by_environment,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn get(&self, id: &IdentityId) -> Option<&Arc<Entry>> {
+        self.entries
+            .binary_search_by(|e| e.identity.id.cmp(id))
+            .ok()
+            .map(|at| &self.entries[at])
+    }
+
+    /// Every identity, in id order.
+    pub fn identities(&self) -> impl Iterator<Item = &Identity> {
+        self.entries.iter().map(|e| &e.identity)
+    }
+
+    /// Every entry, in id order.
+    pub fn entries(&self) -> &[Arc<Entry>] {
+        &self.entries
+    }
+
+    /// A snapshot with `id` replaced by `identity` (`None`: removed); unchanged entries, and
+    /// their computed findings, are shared.
+    pub fn with(&self, id: &IdentityId, identity: Option<Identity>) -> Self {
+        let kept = self
+            .entries
+            .iter()
+            .filter(|e| &e.identity.id != id)
+            .cloned();
+        let added = identity.map(|i| Arc::new(Entry::new(i)));
+        Self::from_entries(kept.chain(added))
+    }
+
+    /// The entries that can match `filters`, in id order, after the id `after`: the
+    /// positions of the most selective indexed filter, or every entry. The caller still checks
+    /// every filter on each entry.
+    pub fn candidates<'s>(
+        &'s self,
+        filters: &Indexed<'_>,
+        after: Option<&str>,
+    ) -> Box<dyn Iterator<Item = &'s Arc<Entry>> + Send + 's> {
+        let empty: &[u32] = &[];
+        let mut lists: Vec<&[u32]> = Vec::new();
+        if let Some(k) = filters.kind {
+            lists.push(self.by_kind.get(&k).map_or(empty, Vec::as_slice));
+        }
+        if let Some(o) = filters.owner {
+            lists.push(self.by_owner.get(o).map_or(empty, Vec::as_slice));
+        }
+        if let Some(e) = filters.environment {
+            lists.push(self.by_environment.get(e).map_or(empty, Vec::as_slice));
+        }
+        let past = |e: &Arc<Entry>| after.is_some_and(|a| e.identity.id.as_str() <= a);
+        match lists.into_iter().min_by_key(|l| l.len()) {
+            None => {
+                let start = self.entries.partition_point(past);
+                Box::new(self.entries[start..].iter())
+            }
+            Some(positions) => {
+                let start = positions.partition_point(|&p| past(&self.entries[p as usize]));
+                Box::new(
+                    positions[start..]
+                        .iter()
+                        .map(move |&p| &self.entries[p as usize]),
+                )
+            }
+        }
+    }
+}
+
+/// The id-ordered merge of several snapshots' candidate walks (ids never repeat across
+/// providers: each starts with its provider's name).
+pub(super) fn merge<'s>(
+    mut walks: Vec<std::iter::Peekable<Box<dyn Iterator<Item = &'s Arc<Entry>> + Send + 's>>>,
+) -> impl Iterator<Item = &'s Arc<Entry>> {
+    std::iter::from_fn(move || {
+        let mut best: Option<(usize, &'s Arc<Entry>)> = None;
+        for (at, walk) in walks.iter_mut().enumerate() {
+            let Some(&head) = walk.peek() else {
+                continue;
+            };
+            if best.is_none_or(|(_, b)| head.identity.id < b.identity.id) {
+                best = Some((at, head));
+            }
+        }
+        best.and_then(|(at, _)| walks[at].next())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone as _;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::{Credential, CredentialId, CredentialKind, CredentialStatus, Permissions};
+
+    fn identity(provider: &str, n: u32, at: DateTime<Utc>) -> Identity {
+        Identity {
+            id: IdentityId::parse(&format!("{provider}:user/u{n:04}")).unwrap(),
+            provider: provider.into(),
+            native_id: format!("user/u{n:04}"),
+            kind: if n.is_multiple_of(3) {
+                IdentityKind::Role
+            } else {
+                IdentityKind::ServiceUser
+            },
+            name: format!("u{n}"),
+            owner: (!n.is_multiple_of(4)).then(|| format!("team-{}", n % 5)),
+            purpose: None,
+            environment: Some(if n.is_multiple_of(2) { "prod" } else { "dev" }.into()),
+            used_in_environments: vec![],
+            tags: Default::default(),
+            created_at: at,
+            last_used_at: (!n.is_multiple_of(7)).then(|| at + Duration::hours(i64::from(n))),
+            disabled: false,
+            credentials: vec![Credential {
+                id: CredentialId::parse(&format!("AKIA{n:08}")).unwrap(),
+                kind: CredentialKind::AccessKey,
+                created_at: at + Duration::minutes(i64::from(n)),
+                last_used_at: None,
+                expires_at: None,
+                status: CredentialStatus::Active,
+            }],
+            permissions: Permissions::default(),
+        }
+    }
+
+    #[test]
+    fn candidates_are_in_id_order_after_the_cursor_and_merge_across_providers() {
+        let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        // `a-b:` sorts before `a:` although provider `a` sorts before `a-b`.
+        let a = Snapshot::build((0..50).rev().map(|n| identity("a", n, at)));
+        let ab = Snapshot::build((0..50).map(|n| identity("a-b", n, at)));
+        let mut reference: Vec<&Identity> = a.identities().chain(ab.identities()).collect();
+        reference.sort_by(|x, y| x.id.cmp(&y.id));
+        for filters in [
+            Indexed::default(),
+            Indexed {
+                kind: Some(IdentityKind::Role),
+                ..Indexed::default()
+            },
+            Indexed {
+                owner: Some("team-3"),
+                environment: Some("prod"),
+                ..Indexed::default()
+            },
+            Indexed {
+                owner: Some("nobody"),
+                ..Indexed::default()
+            },
+        ] {
+            for after in [None, Some("a-b:user/u0017"), Some("a:"), Some("zzz")] {
+                let walks = vec![
+                    a.candidates(&filters, after).peekable(),
+                    ab.candidates(&filters, after).peekable(),
+                ];
+                let got: Vec<&IdentityId> = merge(walks).map(|e| &e.identity.id).collect();
+                let want: Vec<&IdentityId> = reference
+                    .iter()
+                    .filter(|i| after.is_none_or(|x| i.id.as_str() > x))
+                    .filter(|i| filters.kind.is_none_or(|k| i.kind == k))
+                    .filter(|i| filters.owner.is_none_or(|o| i.owner.as_deref() == Some(o)))
+                    .filter(|i| {
+                        filters
+                            .environment
+                            .is_none_or(|e| i.environment.as_deref() == Some(e))
+                    })
+                    .map(|i| &i.id)
+                    .collect();
+                // Candidates may include entries other indexed filters exclude; never miss one.
+                for id in &want {
+                    assert!(got.contains(id), "{filters:?} after {after:?} misses {id}");
+                }
+                assert!(got.windows(2).all(|w| w[0] < w[1]), "{filters:?}: order");
+                assert!(got.iter().all(|id| after.is_none_or(|x| id.as_str() > x)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_change_replaces_one_entry_and_shares_the_rest() {
+        let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let s = Snapshot::build((0..10).map(|n| identity("p", n, at)));
+        let id = IdentityId::parse("p:user/u0003").unwrap();
+        let mut changed = identity("p", 3, at);
+        changed.owner = Some("new-team".into());
+        let t = s.with(&id, Some(changed));
+        assert_eq!(t.len(), 10);
+        assert_eq!(
+            t.get(&id).unwrap().identity.owner.as_deref(),
+            Some("new-team")
+        );
+        let other = IdentityId::parse("p:user/u0004").unwrap();
+        assert!(Arc::ptr_eq(s.get(&other).unwrap(), t.get(&other).unwrap()));
+        let filters = Indexed {
+            owner: Some("new-team"),
+            ..Indexed::default()
+        };
+        assert_eq!(t.candidates(&filters, None).count(), 1);
+        let gone = t.with(&id, None);
+        assert_eq!(gone.len(), 9);
+        assert!(gone.get(&id).is_none());
+        assert_eq!(gone.candidates(&filters, None).count(), 0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Cached findings equal a fresh evaluation at any later instant: `valid_until` never
+        /// claims an interval in which a day count (and so a finding or its evidence) changes.
+        #[test]
+        fn cached_findings_equal_a_fresh_evaluation(
+            created in -400i64 * 86_400..400 * 86_400,
+            used in proptest::option::of(-400i64 * 86_400..400 * 86_400),
+            key in -400i64 * 86_400..400 * 86_400,
+            steps in proptest::collection::vec(prop_oneof![0i64..3 * 86_400, Just(0i64), 0i64..200 * 86_400], 1..24),
+        ) {
+            let base = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
+            let mut i = identity("p", 1, base + Duration::seconds(created));
+            i.last_used_at = used.map(|u| base + Duration::seconds(u));
+            i.credentials[0].created_at = base + Duration::seconds(key);
+            let thresholds = Thresholds { unused_days: 30, max_credential_age_days: 60 };
+            let entry = Entry::new(i.clone());
+            let mut now = base;
+            for step in steps {
+                now += Duration::seconds(step);
+                let cached = entry.findings(&thresholds, now);
+                let fresh = evaluate(&i, &thresholds, now);
+                prop_assert_eq!(cached.as_slice(), fresh.as_slice());
+                prop_assert!(valid_until(&i, now) > now);
+            }
+        }
+    }
+}
