@@ -68,8 +68,30 @@ pub struct Policy {
     set: PolicySet,
     schema: Schema,
     authorizer: Authorizer,
+    /// The entity type names every decision uses, parsed once.
+    types: EntityTypes,
     /// Where the policies came from, for `config check`.
     pub sources: Vec<String>,
+}
+
+/// `Nhi::Agent`, `Nhi::Admin`, `Nhi::Identity` and `Nhi::Action`.
+struct EntityTypes {
+    agent: EntityTypeName,
+    admin: EntityTypeName,
+    identity: EntityTypeName,
+    action: EntityTypeName,
+}
+
+impl EntityTypes {
+    fn parse() -> Result<Self, String> {
+        let name = |n: &str| EntityTypeName::from_str(n).map_err(|e| e.to_string());
+        Ok(Self {
+            agent: name("Nhi::Agent")?,
+            admin: name("Nhi::Admin")?,
+            identity: name("Nhi::Identity")?,
+            action: name("Nhi::Action")?,
+        })
+    }
 }
 
 impl std::fmt::Debug for Policy {
@@ -159,10 +181,15 @@ impl Policy {
                 });
             }
         }
+        let types = EntityTypes::parse().map_err(|reason| PolicyError::Invalid {
+            id: "(schema)".to_owned(),
+            reason,
+        })?;
         Ok(Self {
             set,
             schema,
             authorizer: Authorizer::new(),
+            types,
             sources: names,
         })
     }
@@ -197,15 +224,18 @@ impl Policy {
         action: PolicyAction,
         identity: &Identity,
     ) -> Result<PolicyDecision, String> {
-        let uid = |ty: &str, id: &str| -> Result<EntityUid, String> {
-            let ty = EntityTypeName::from_str(ty).map_err(|e| e.to_string())?;
-            Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
+        let uid = |ty: &EntityTypeName, id: &str| {
+            EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
         };
         let is_admin = action == PolicyAction::Approve;
         let principal_uid = uid(
-            if is_admin { "Nhi::Admin" } else { "Nhi::Agent" },
+            if is_admin {
+                &self.types.admin
+            } else {
+                &self.types.agent
+            },
             &principal.id,
-        )?;
+        );
         let string = |s: &str| RestrictedExpression::new_string(s.to_owned());
         let scopes = RestrictedExpression::new_set(principal.scope_list().into_iter().map(string));
         let mut principal_attrs: HashMap<String, RestrictedExpression> = HashMap::from([
@@ -224,7 +254,7 @@ impl Policy {
         let principal_entity =
             Entity::new(principal_uid.clone(), principal_attrs, Default::default())
                 .map_err(|e| e.to_string())?;
-        let resource_uid = uid("Nhi::Identity", identity.id.as_str())?;
+        let resource_uid = uid(&self.types.identity, identity.id.as_str());
         let resource_attrs = [
             ("provider".to_owned(), string(&identity.provider)),
             (
@@ -248,7 +278,7 @@ impl Policy {
         let entities =
             Entities::from_entities([principal_entity, resource_entity], Some(&self.schema))
                 .map_err(one_line)?;
-        let action_uid = uid("Nhi::Action", action.as_str())?;
+        let action_uid = uid(&self.types.action, action.as_str());
         let request = Request::new(
             principal_uid,
             action_uid,
