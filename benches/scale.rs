@@ -23,6 +23,7 @@
 )]
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -63,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let exe = std::env::current_exe()?;
     let mut rows: Vec<Row> = Vec::new();
+    let mut throughput: Vec<(usize, f64, f64)> = Vec::new();
     for &size in &sizes {
         eprintln!("scale: {size} identities ...");
         let out = std::process::Command::new(&exe)
@@ -82,6 +84,8 @@ fn main() -> anyhow::Result<()> {
             .map(|c| (c[0].as_f64().unwrap(), c[1].as_f64().unwrap()))
             .collect();
         rows.push((size, cases, v["rss_mib"].as_f64().unwrap()));
+        let t = &v["throughput"];
+        throughput.push((size, t[0][1].as_f64().unwrap(), t[1][1].as_f64().unwrap()));
     }
     println!(
         "\nMedian / p99 per call in ms, in-process, {calls} calls per case; (×) is the median's ratio to the smallest size.\n"
@@ -111,10 +115,18 @@ fn main() -> anyhow::Result<()> {
         let _ = write!(line, " {rss:.0} |");
     }
     println!("{line}");
+    println!("\n`get_identity` calls/s in-process, every call audited durably:\n");
+    println!("| identities | 1 caller | 32 callers | ratio |\n|---:|---:|---:|---:|");
+    for (size, one, many) in throughput {
+        println!(
+            "| {size} | {one:.0} | {many:.0} | {:.2}× |",
+            many / one.max(1e-9)
+        );
+    }
     Ok(())
 }
 
-/// An inventory of `n` identities: five owned by `team-rare`, a tenth named `*-batch-*`.
+/// An inventory of `n` identities: five owned by `team-rare`, a tenth named `*-batch`, spread through the id order.
 fn inventory(n: usize) -> String {
     let mut out = String::from("{\"identities\": [\n");
     for i in 0..n {
@@ -124,7 +136,7 @@ fn inventory(n: usize) -> String {
             format!("team-{}", i % 40)
         };
         let name = if i % 10 == 3 {
-            format!("svc-batch-{i}")
+            format!("svc-{i}-batch")
         } else {
             format!("svc-{i}")
         };
@@ -185,7 +197,7 @@ fn child(size: usize, calls: usize) -> anyhow::Result<()> {
         };
 
         let started = Instant::now();
-        let engine: Engine = nhi_mcp::cli::compose::open_engine(&config).await?;
+        let engine: Arc<Engine> = Arc::new(nhi_mcp::cli::compose::open_engine(&config).await?);
         engine
             .list_identities(&caller("list_identities"), page(IdentityQuery::default()))
             .await?;
@@ -247,7 +259,7 @@ fn child(size: usize, calls: usize) -> anyhow::Result<()> {
             }),
             time!({
                 let q = page(IdentityQuery {
-                    text: Some("-BATCH-".into()),
+                    text: Some("-BATCH".into()),
                     ..Default::default()
                 });
                 engine.list_identities(&c, q).await?.items.len()
@@ -272,8 +284,33 @@ fn child(size: usize, calls: usize) -> anyhow::Result<()> {
         }));
         let ms = start.as_secs_f64() * 1000.0;
         cases.push((ms, ms));
+
+        // Calls per second of `get_identity` from 1 and from 32 concurrent callers: each call
+        // writes a durable audit record, which concurrent calls share (group commit).
+        let mut throughput = Vec::new();
+        for tasks in [1usize, 32] {
+            let total = calls * 10;
+            let started = Instant::now();
+            let mut running = Vec::new();
+            for _ in 0..tasks {
+                let engine = Arc::clone(&engine);
+                let middle = middle.clone();
+                let agent = agent.clone();
+                running.push(tokio::spawn(async move {
+                    let g = Caller::new(&agent, "get_identity", serde_json::Value::Null);
+                    for _ in 0..total / tasks {
+                        engine.get_identity(&g, &middle).await?;
+                    }
+                    anyhow::Ok(())
+                }));
+            }
+            for r in running {
+                r.await??;
+            }
+            throughput.push((tasks, total as f64 / started.elapsed().as_secs_f64()));
+        }
         engine.store().close().await;
-        let report = serde_json::json!({"cases": cases, "rss_mib": rss});
+        let report = serde_json::json!({"cases": cases, "rss_mib": rss, "throughput": throughput});
         println!("{report}");
         Ok(())
     })

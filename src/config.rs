@@ -577,10 +577,14 @@ fn validate(
             + 1;
         let raw =
             RawProvider::deserialize(toml::Value::Table(entry.into_inner())).map_err(|e| {
-                invalid(format!(
-                    "{at} (line {line}): {}",
-                    crate::model::bound_echoes(e.message().trim())
-                ))
+                ConfigError::Parse {
+                    file: source
+                        .map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string()),
+                    message: format!(
+                        "line {line}: {at}: {}",
+                        crate::model::bound_echoes(e.message().trim())
+                    ),
+                }
             })?;
         let p = provider(&at, raw, &resolve)?;
         if providers.iter().any(|q| q.name == p.name) {
@@ -1107,7 +1111,8 @@ mod tests {
                 "{inv}\n[[providers]]\nname = \"pg\"\nkind = \"postgres\"\nurl_env = \"U\"\nregion = \"x\"\n"
             ),
             &[
-                "`providers[1]` (line 6)",
+                "/etc/nhi/config.toml",
+                "line 6: `providers[1]`",
                 "unknown field `region`",
                 "`url_env`",
                 "`url_file`",
@@ -1116,7 +1121,7 @@ mod tests {
         check(
             "[[providers]]\nname = \"a\"\nkind = \"inventory\"\npath = \"a\"\ntimeout = \"3s\"\n",
             &[
-                "`providers[0]` (line 1)",
+                "line 1: `providers[0]`",
                 "unknown field `timeout`",
                 "`path`",
             ],

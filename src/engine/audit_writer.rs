@@ -45,9 +45,9 @@ impl AuditWriter {
         let (done, answer) = oneshot::channel();
         match queue.send((entry, done)).await {
             Ok(()) => match answer.await {
-                Ok(result) => result.map_err(StoreError::Corrupt),
+                Ok(result) => result.map_err(StoreError::Failed),
                 // The writer stopped (its runtime shut down) before it answered.
-                Err(_) => Err(StoreError::Corrupt(
+                Err(_) => Err(StoreError::Failed(
                     "the audit writer stopped before the record was confirmed".to_owned(),
                 )),
             },
@@ -72,8 +72,8 @@ async fn write_batches(store: Store, mut queue: mpsc::Receiver<(AuditEntry, Done
                 }
             }
             // One record may be what the database refused: each on its own, so only its
-            // call fails.
-            Err(e) => {
+            // call fails. A busy, full or failing database fails the whole batch at once.
+            Err(e) if e.is_about_the_record() => {
                 tracing::warn!(error = %e, records = entries.len(), "a batch of audit records failed; writing them one by one");
                 for (entry, done) in entries.into_iter().zip(waiting) {
                     let result = append_all(&store, std::slice::from_ref(&entry)).await;
@@ -81,6 +81,13 @@ async fn write_batches(store: Store, mut queue: mpsc::Receiver<(AuditEntry, Done
                         tracing::error!(error = %e, "cannot write an audit record");
                     }
                     let _ = done.send(result.map_err(|e| e.to_string()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, records = entries.len(), "cannot write a batch of audit records");
+                let message = e.to_string();
+                for done in waiting {
+                    let _ = done.send(Err(message.clone()));
                 }
             }
         }

@@ -132,9 +132,9 @@ pub(super) fn valid_until(identity: &Identity, now: DateTime<Utc>) -> DateTime<U
 #[derive(Debug, Default)]
 pub(super) struct Snapshot {
     entries: Vec<Arc<Entry>>,
-    by_kind: HashMap<IdentityKind, Vec<u32>>,
-    by_owner: HashMap<String, Vec<u32>>,
-    by_environment: HashMap<String, Vec<u32>>,
+    by_kind: HashMap<IdentityKind, Vec<usize>>,
+    by_owner: HashMap<String, Vec<usize>>,
+    by_environment: HashMap<String, Vec<usize>>,
 }
 
 /// The indexed filters of a query; `None` is "any".
@@ -158,11 +158,10 @@ impl Snapshot {
         entries.reverse();
         entries.dedup_by(|later, earlier| later.identity.id == earlier.identity.id);
         entries.reverse();
-        let mut by_kind: HashMap<IdentityKind, Vec<u32>> = HashMap::new();
-        let mut by_owner: HashMap<String, Vec<u32>> = HashMap::new();
-        let mut by_environment: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut by_kind: HashMap<IdentityKind, Vec<usize>> = HashMap::new();
+        let mut by_owner: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_environment: HashMap<String, Vec<usize>> = HashMap::new();
         for (at, entry) in entries.iter().enumerate() {
-            let at = u32::try_from(at).unwrap_or(u32::MAX);
             let i = &entry.identity;
             by_kind.entry(i.kind).or_default().push(at);
             if let Some(o) = &i.owner {
@@ -221,8 +220,8 @@ impl Snapshot {
         filters: &Indexed<'_>,
         after: Option<&str>,
     ) -> Box<dyn Iterator<Item = &'s Arc<Entry>> + Send + 's> {
-        let empty: &[u32] = &[];
-        let mut lists: Vec<&[u32]> = Vec::new();
+        let empty: &[usize] = &[];
+        let mut lists: Vec<&[usize]> = Vec::new();
         if let Some(k) = filters.kind {
             lists.push(self.by_kind.get(&k).map_or(empty, Vec::as_slice));
         }
@@ -239,12 +238,8 @@ impl Snapshot {
                 Box::new(self.entries[start..].iter())
             }
             Some(positions) => {
-                let start = positions.partition_point(|&p| past(&self.entries[p as usize]));
-                Box::new(
-                    positions[start..]
-                        .iter()
-                        .map(move |&p| &self.entries[p as usize]),
-                )
+                let start = positions.partition_point(|&p| past(&self.entries[p]));
+                Box::new(positions[start..].iter().map(move |&p| &self.entries[p]))
             }
         }
     }

@@ -27,6 +27,9 @@ use crate::ports::Provider;
 /// provider's `refresh` is shorter).
 const RETRY_FAILED_REFRESH: Duration = Duration::from_secs(60);
 
+/// How long a provider's `version` may take before the provider is read instead.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
+
 const LIVE: &str = "live";
 const CACHE: &str = "cache";
 
@@ -210,16 +213,26 @@ impl Engine {
                 list_with_timeout(provider.as_ref()).await?,
             )));
         };
-        let mut slot = slot.lock().await;
         // Asked before the read: a change during the read shows as a new version next time.
-        let version = provider.version().await;
-        if let (Some(v), Some(known)) = (&version, slot.as_ref())
-            && known.version == *v
+        // A provider that cannot tell (or does not answer in time) is read, not waited for.
+        let version = tokio::time::timeout(VERSION_TIMEOUT, provider.version())
+            .await
+            .ok()
+            .flatten();
+        let Some(version) = version else {
+            return Ok(Arc::new(Snapshot::build(
+                list_with_timeout(provider.as_ref()).await?,
+            )));
+        };
+        // One read per version: calls that wait here find the index the first one made.
+        let mut slot = slot.lock().await;
+        if let Some(known) = slot.as_ref()
+            && known.version == version
         {
             return Ok(Arc::clone(&known.index));
         }
         let index = Arc::new(Snapshot::build(list_with_timeout(provider.as_ref()).await?));
-        *slot = version.map(|version| LiveIndex {
+        *slot = Some(LiveIndex {
             version,
             index: Arc::clone(&index),
         });
@@ -328,10 +341,15 @@ impl Engine {
         Ok(entry)
     }
 
-    /// Puts one identity, as its provider just answered (`None`: it is gone), into the
-    /// provider's cached inventory, if it has one. Writes the store only when that changed
-    /// something.
-    pub(super) async fn note_identity(&self, id: &IdentityId, identity: Option<&Identity>) {
+    /// Puts one identity, as its provider answered a read that started at `read_at` (`None`:
+    /// it is gone), into the provider's cached inventory, if it has one, unless a read that
+    /// started later was put there already. Writes the store only when that changed something.
+    pub(super) async fn note_identity(
+        &self,
+        id: &IdentityId,
+        identity: Option<&Identity>,
+        read_at: Instant,
+    ) {
         let name = id.provider();
         let Some(cache) = self.inventory.providers.get(name) else {
             return;
@@ -345,7 +363,13 @@ impl Engine {
             let Some(current) = state.current.as_mut() else {
                 return;
             };
-            state.patched.insert(id.clone(), Instant::now());
+            // A full read that started later, or a later read of this identity, is newer.
+            if current.started.is_some_and(|full| full > read_at)
+                || state.patched.get(id).is_some_and(|newer| *newer > read_at)
+            {
+                return;
+            }
+            state.patched.insert(id.clone(), read_at);
             let unchanged = match (current.index.get(id), identity) {
                 (Some(e), Some(new)) => e.identity == *new,
                 (None, None) => true,
@@ -371,8 +395,9 @@ impl Engine {
         else {
             return;
         };
+        let read_at = Instant::now();
         match with_timeout(provider.get(id), name).await {
-            Ok(identity) => self.note_identity(id, identity.as_ref()).await,
+            Ok(identity) => self.note_identity(id, identity.as_ref(), read_at).await,
             Err(e) => {
                 tracing::warn!(provider = name, identity = %id, error = %e, "cannot re-read a changed identity; its provider's cached inventory is dropped");
                 self.drop_cached(name, cache).await;
@@ -573,6 +598,44 @@ mod tests {
         assert_eq!(revoked(&page), Some((true, 0)));
         assert_eq!(ids(&page), ids(&first));
         restarted.store().close().await;
+    }
+
+    /// A read of one identity that started before another read of it (or before the full
+    /// read the cache holds) does not overwrite what the later read found.
+    #[tokio::test]
+    async fn an_older_read_of_an_identity_does_not_undo_a_newer_one() {
+        let dir = tempfile::tempdir().expect("dir");
+        let engine = engine(dir.path(), "1h").await;
+        let before_full_read = Instant::now();
+        let first = list(&engine, false).await;
+        let id = first.items[0].id.clone();
+        let owner = |page: &IdentitiesPage| {
+            page.items
+                .iter()
+                .find(|i| i.id == id)
+                .and_then(|i| i.owner.clone())
+        };
+        let mut identity = engine.fetch_identity(&id).await.expect("fetch");
+        let older = Instant::now();
+        let newer = Instant::now();
+        identity.owner = Some("newer-read".into());
+        engine.note_identity(&id, Some(&identity), newer).await;
+        identity.owner = Some("older-read".into());
+        engine.note_identity(&id, Some(&identity), older).await;
+        assert_eq!(
+            owner(&list(&engine, false).await).as_deref(),
+            Some("newer-read")
+        );
+        // Older than the full read the cache holds: ignored too.
+        identity.owner = Some("before-the-full-read".into());
+        engine
+            .note_identity(&id, Some(&identity), before_full_read)
+            .await;
+        assert_eq!(
+            owner(&list(&engine, false).await).as_deref(),
+            Some("newer-read")
+        );
+        engine.store().close().await;
     }
 
     #[tokio::test]

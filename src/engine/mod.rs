@@ -365,8 +365,9 @@ impl Engine {
     /// inventory, if it has one, so lists agree with it).
     async fn fetch_identity(&self, id: &IdentityId) -> Result<Identity> {
         let provider = self.provider_for(id)?;
+        let read_at = std::time::Instant::now();
         let found = with_timeout(provider.get(id), provider.name().as_str()).await?;
-        self.note_identity(id, found.as_ref()).await;
+        self.note_identity(id, found.as_ref(), read_at).await;
         found.ok_or_else(|| not_found_identity(id))
     }
 

@@ -27,6 +27,21 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    /// A write that another task made on this call's behalf failed (the audit writer's batch).
+    #[error("database error: {0}")]
+    Failed(String),
+}
+
+impl StoreError {
+    /// Whether the error is about one record (a constraint, unencodable data) rather than the
+    /// database (busy, I/O, full): only then can the same write succeed without that record.
+    pub fn is_about_the_record(&self) -> bool {
+        match self {
+            Self::Db(sqlx::Error::Database(e)) => e.kind() != sqlx::error::ErrorKind::Other,
+            Self::Db(sqlx::Error::Encode(_)) | Self::Corrupt(_) => true,
+            _ => false,
+        }
+    }
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -79,7 +94,7 @@ impl Store {
                     .filename(path)
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
+                    .synchronous(SqliteSynchronous::Full)
                     .foreign_keys(true)
                     .busy_timeout(Duration::from_secs(10));
                 create_private_file(path)?;

@@ -588,7 +588,7 @@ fn aws_config_is_validated() {
     for (toml, want) in [
         (
             "[[providers]]\nname = \"aws\"\nkind = \"aws_iam\"\nurl_env = \"X\"\n",
-            "`providers[0]` (line 1): unknown field `url_env`, expected one of `name`, `region`",
+            "line 1: `providers[0]`: unknown field `url_env`, expected one of `name`, `region`",
         ),
         (
             "[[providers]]\nname = \"aws\"\nkind = \"aws_iam\"\nendpoint_url = \"localhost:5000\"\n",
