@@ -422,31 +422,37 @@ impl Engine {
                     (kept, freshness)
                 }
             };
-            let mut all: Vec<&Finding> = kept
-                .iter()
-                .flat_map(|f| f.iter())
-                .filter(|f| finding_wanted(&q, f))
-                .collect();
             // Most severe first, then by id: a stable order for paging; the cursor's key is
             // `<3 - severity>|<finding id>`.
             let rank = |f: &Finding| 3 - f.severity as u8;
-            all.sort_by(|a, b| (rank(a), a.id.as_str()).cmp(&(rank(b), b.id.as_str())));
-            let mut summary = FindingsSummary {
-                total: all.len(),
-                by_severity: BTreeMap::new(),
-                by_owasp_id: BTreeMap::new(),
+            let order = |a: &&Finding, b: &&Finding| {
+                (rank(a), a.id.as_str()).cmp(&(rank(b), b.id.as_str()))
             };
-            for f in &all {
-                *summary
-                    .by_severity
-                    .entry(severity_name(f.severity).to_owned())
-                    .or_default() += 1;
-                *summary.by_owasp_id.entry(f.owasp_id.clone()).or_default() += 1;
+            // The summary counts every wanted finding; only the page's (and one more) are
+            // sorted: a selection, not a sort of them all.
+            let mut total = 0;
+            let mut by_severity: BTreeMap<&'static str, usize> = BTreeMap::new();
+            let mut by_owasp_id: BTreeMap<&str, usize> = BTreeMap::new();
+            let mut rest: Vec<&Finding> = Vec::new();
+            for f in kept.iter().flat_map(|f| f.iter()) {
+                if !finding_wanted(&q, f) {
+                    continue;
+                }
+                total += 1;
+                *by_severity.entry(severity_name(f.severity)).or_default() += 1;
+                *by_owasp_id.entry(f.owasp_id.as_str()).or_default() += 1;
+                if after
+                    .as_deref()
+                    .is_none_or(|after| key_after(rank(f), &f.id, after))
+                {
+                    rest.push(f);
+                }
             }
-            let start = after.as_deref().map_or(0, |after| {
-                all.partition_point(|f| !key_after(rank(f), &f.id, after))
-            });
-            let rest = &all[start..];
+            if rest.len() > limit + 1 {
+                rest.select_nth_unstable_by(limit, order);
+                rest.truncate(limit + 1);
+            }
+            rest.sort_by(order);
             let next_cursor = (rest.len() > limit).then(|| {
                 cursor::encode(
                     &format!("{}|{}", rank(rest[limit - 1]), rest[limit - 1].id),
@@ -456,6 +462,17 @@ impl Engine {
             let page = Page {
                 items: rest.iter().take(limit).map(|f| (*f).clone()).collect(),
                 next_cursor,
+            };
+            let summary = FindingsSummary {
+                total,
+                by_severity: by_severity
+                    .into_iter()
+                    .map(|(k, n)| (k.to_owned(), n))
+                    .collect(),
+                by_owasp_id: by_owasp_id
+                    .into_iter()
+                    .map(|(k, n)| (k.to_owned(), n))
+                    .collect(),
             };
             self.audit_read(caller, format!("{} findings", page.items.len()))
                 .await?;
