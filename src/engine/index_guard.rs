@@ -18,7 +18,7 @@ use crate::model::finding::evaluate;
 use crate::model::{Finding, Identity, IdentityKind, Severity};
 
 const KINDS: [&str; 4] = ["service_user", "role", "api_token", "database_role"];
-const OWNERS: [&str; 4] = ["team-1", "team-2", "team-3", "Team-1"];
+const OWNERS: [&str; 5] = ["team-1", "team-2", "team-3", "Team-1", "tëam-1"];
 const ENVS: [&str; 3] = ["prod", "dev", "staging"];
 
 /// One generated identity: kind, owner, environment, created and last used (days ago),
@@ -249,7 +249,9 @@ fn query() -> impl Strategy<Value = Query> {
         proptest::option::of(0..KINDS.len()),
         proptest::option::of(0..OWNERS.len()),
         proptest::option::of(0..ENVS.len()),
-        proptest::option::of(proptest::sample::select(vec!["u1", "A-B:", "n3", "team"])),
+        proptest::option::of(proptest::sample::select(vec![
+            "u1", "A-B:", "n3", "team", "TËAM",
+        ])),
         proptest::option::of(proptest::sample::select(vec![
             "unused",
             "credential_too_old",
@@ -411,5 +413,79 @@ async fn changes_reach_the_index() {
         .map(|s| s.id.to_string())
         .collect();
     assert!(owners.contains(&"a-b:role/u0".to_owned()), "{owners:?}");
+    engine.store().close().await;
+}
+
+/// The live provider's file is swapped back and forth while lists run at the same moment:
+/// every answer is one version of the file or the other, whole, never a mix, and once the
+/// swapping stops every answer is the last version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_swapped_under_concurrent_lists_is_seen_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = |owner: usize| -> Vec<Spec> {
+        (0..40)
+            .map(|n| (n % 4, Some(owner), Some(0), 10, Some(1), vec![5], false))
+            .collect()
+    };
+    let (one, two) = (
+        inventory(&spec(0), "role"),
+        inventory(&spec(1)[..25], "role"),
+    );
+    let engine = Arc::new(engine(dir.path(), &inventory(&spec(0), "user"), &one).await);
+    let path = dir.path().join("a-b.toml");
+    let principal = Principal::new("agent:all", [Scope::Read]);
+    let lists: Vec<_> = (0..4)
+        .map(|_| {
+            let engine = Arc::clone(&engine);
+            let principal = principal.clone();
+            tokio::spawn(async move {
+                let caller = Caller::new(&principal, "list_identities", serde_json::Value::Null);
+                let q = IdentityQuery {
+                    provider: Some("a-b".into()),
+                    limit: Some(500),
+                    ..Default::default()
+                };
+                for _ in 0..60 {
+                    let page = engine.list_identities(&caller, q.clone()).await.unwrap();
+                    let owners: std::collections::BTreeSet<_> =
+                        page.items.iter().map(|s| s.owner.clone()).collect();
+                    let whole = (page.items.len() == 40
+                        && owners == [Some("team-1".to_owned())].into())
+                        || (page.items.len() == 25 && owners == [Some("team-2".to_owned())].into());
+                    assert!(
+                        whole,
+                        "a mixed answer: {} items, owners {owners:?}",
+                        page.items.len()
+                    );
+                }
+            })
+        })
+        .collect();
+    for n in 0..30 {
+        // Written whole (rename), as an editor or a deploy would.
+        let tmp = dir.path().join("swap.tmp");
+        std::fs::write(&tmp, if n % 2 == 0 { &two } else { &one }).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    for l in lists {
+        l.await.unwrap();
+    }
+    std::fs::write(&path, &two).unwrap();
+    let caller = Caller::new(&principal, "list_identities", serde_json::Value::Null);
+    let q = IdentityQuery {
+        provider: Some("a-b".into()),
+        limit: Some(500),
+        ..Default::default()
+    };
+    assert_eq!(
+        engine
+            .list_identities(&caller, q)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        25
+    );
     engine.store().close().await;
 }
