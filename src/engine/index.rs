@@ -14,12 +14,14 @@
 //! indexed tables: the engine asks for candidates in id order after a key, nothing more.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::{DateTime, Duration, Utc};
 
 use crate::model::finding::evaluate;
-use crate::model::{Finding, Identity, IdentityId, IdentityKind, Thresholds};
+use crate::model::{
+    Finding, FindingRule, Identity, IdentityId, IdentityKind, Severity, Thresholds,
+};
 
 /// One identity in the index, with its findings as last computed.
 #[derive(Debug)]
@@ -135,6 +137,116 @@ pub(super) struct Snapshot {
     by_kind: HashMap<IdentityKind, Vec<usize>>,
     by_owner: HashMap<String, Vec<usize>>,
     by_environment: HashMap<String, Vec<usize>>,
+    /// Every finding the identities have or will have as time passes, in findings order;
+    /// built on first use (thresholds are fixed for the engine's life).
+    findings: OnceLock<Vec<Potential>>,
+    /// What each of the last few principals may see of them, for summary counts.
+    visible: Mutex<Vec<(Arc<str>, Arc<Visible>)>>,
+}
+
+/// A finding an identity has, or will have once enough time passes: `unused` and
+/// `credential_too_old` begin at an instant (when a whole-day count passes its threshold) and
+/// last as long as the identity version; every other rule holds for the version. Its severity,
+/// id and so its place in the findings order never change.
+#[derive(Debug)]
+pub(super) struct Potential {
+    /// `3 - severity`: the first part of the findings order (most severe first).
+    pub rank: u8,
+    /// The finding's id: the second part.
+    pub id: String,
+    pub rule: FindingRule,
+    pub severity: Severity,
+    /// From this instant on; `None`: for the identity version.
+    pub start: Option<DateTime<Utc>>,
+    /// The identity's position in the snapshot.
+    pub entry: usize,
+}
+
+impl Potential {
+    pub fn holds_at(&self, now: DateTime<Utc>) -> bool {
+        self.start.is_none_or(|s| s <= now)
+    }
+}
+
+/// The findings one principal may see, counted by (severity, rule): those that hold for the
+/// identity version, and the start instants (sorted) of those that begin later.
+#[derive(Debug, Default)]
+pub(super) struct Visible {
+    pub fixed: HashMap<(Severity, FindingRule), usize>,
+    pub timed: HashMap<(Severity, FindingRule), Vec<DateTime<Utc>>>,
+}
+
+impl Visible {
+    /// How many findings of (severity, rule) hold at `now`.
+    pub fn count(&self, key: (Severity, FindingRule), now: DateTime<Utc>) -> usize {
+        self.fixed.get(&key).copied().unwrap_or(0)
+            + self
+                .timed
+                .get(&key)
+                .map_or(0, |starts| starts.partition_point(|s| *s <= now))
+    }
+
+    /// Every (severity, rule) that has findings.
+    pub fn keys(&self) -> impl Iterator<Item = (Severity, FindingRule)> + '_ {
+        let mut keys: Vec<_> = self
+            .fixed
+            .keys()
+            .chain(self.timed.keys())
+            .copied()
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+    }
+}
+
+/// How many principals' visible findings one snapshot keeps; the oldest goes first.
+const VISIBLE_KEPT: usize = 4;
+
+/// Every finding `identity` has or will have with `thresholds`, with when each begins.
+/// Derived from `evaluate` itself, at an instant far enough ahead that every finding that can
+/// begin has begun; only the two time-dependent rules get a start, from the same whole-day
+/// counts `evaluate` uses (`num_days(now - t) > threshold` ⟺ `now ≥ t + (threshold + 1) days`).
+pub(super) fn potential_findings(
+    identity: &Identity,
+    thresholds: &Thresholds,
+    entry: usize,
+) -> Vec<Potential> {
+    let far = Utc::now()
+        .checked_add_signed(Duration::days(1_000 * 366))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let after_days = |t: DateTime<Utc>, threshold: u32| {
+        t.checked_add_signed(Duration::days(i64::from(threshold) + 1))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    };
+    evaluate(identity, thresholds, far)
+        .into_iter()
+        .map(|f| {
+            let start = match f.rule {
+                FindingRule::Unused => Some(after_days(
+                    identity.last_activity().unwrap_or(identity.created_at),
+                    thresholds.unused_days,
+                )),
+                FindingRule::CredentialTooOld => Some(
+                    f.credential_id
+                        .as_ref()
+                        .and_then(|c| identity.credential(c))
+                        .map_or(DateTime::<Utc>::MAX_UTC, |c| {
+                            after_days(c.created_at, thresholds.max_credential_age_days)
+                        }),
+                ),
+                _ => None,
+            };
+            Potential {
+                rank: 3 - f.severity as u8,
+                rule: f.rule,
+                severity: f.severity,
+                id: f.id,
+                start,
+                entry,
+            }
+        })
+        .collect()
 }
 
 /// The indexed filters of a query; `None` is "any".
@@ -176,7 +288,82 @@ impl Snapshot {
             by_kind,
             by_owner,
             by_environment,
+            findings: OnceLock::new(),
+            visible: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Every potential finding, in findings order.
+    pub fn findings(&self, thresholds: &Thresholds) -> &[Potential] {
+        self.findings.get_or_init(|| {
+            let mut all: Vec<Potential> = self
+                .entries
+                .iter()
+                .enumerate()
+                .flat_map(|(at, e)| potential_findings(&e.identity, thresholds, at))
+                .collect();
+            all.sort_by(|a, b| (a.rank, a.id.as_str()).cmp(&(b.rank, b.id.as_str())));
+            all
+        })
+    }
+
+    /// The findings after the findings-order key `after` (`<rank>|<id>`), in order.
+    pub fn findings_after<'s>(
+        &'s self,
+        thresholds: &Thresholds,
+        after: Option<&str>,
+    ) -> Box<dyn Iterator<Item = (&'s Snapshot, &'s Potential)> + Send + 's> {
+        let all = self.findings(thresholds);
+        let start = after.map_or(0, |a| all.partition_point(|p| !key_after(p.rank, &p.id, a)));
+        Box::new(all[start..].iter().map(move |p| (self, p)))
+    }
+
+    /// What the principal behind `key` may see of the findings, counted; `readable` decides
+    /// one entry (it keeps its own decisions).
+    pub fn visible(
+        &self,
+        thresholds: &Thresholds,
+        key: &Arc<str>,
+        readable: impl Fn(&Entry) -> bool,
+    ) -> Arc<Visible> {
+        {
+            let kept = self.visible.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, v)) = kept
+                .iter()
+                .find(|(k, _)| Arc::ptr_eq(k, key) || **k == **key)
+            {
+                return Arc::clone(v);
+            }
+        }
+        let mut visible = Visible::default();
+        let mut decided: HashMap<usize, bool> = HashMap::new();
+        for p in self.findings(thresholds) {
+            let may = *decided
+                .entry(p.entry)
+                .or_insert_with(|| readable(&self.entries[p.entry]));
+            if !may {
+                continue;
+            }
+            let k = (p.severity, p.rule);
+            match p.start {
+                None => *visible.fixed.entry(k).or_default() += 1,
+                Some(s) => visible.timed.entry(k).or_default().push(s),
+            }
+        }
+        for starts in visible.timed.values_mut() {
+            starts.sort();
+        }
+        let visible = Arc::new(visible);
+        let mut kept = self.visible.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() >= VISIBLE_KEPT {
+            kept.remove(0);
+        }
+        kept.push((Arc::clone(key), Arc::clone(&visible)));
+        visible
+    }
+
+    pub fn entry(&self, at: usize) -> Option<&Arc<Entry>> {
+        self.entries.get(at)
     }
 
     pub fn len(&self) -> usize {
@@ -193,11 +380,6 @@ impl Snapshot {
     /// Every identity, in id order.
     pub fn identities(&self) -> impl Iterator<Item = &Identity> {
         self.entries.iter().map(|e| &e.identity)
-    }
-
-    /// Every entry, in id order.
-    pub fn entries(&self) -> &[Arc<Entry>] {
-        &self.entries
     }
 
     /// A snapshot with `id` replaced by `identity` (`None`: removed); unchanged entries, and
@@ -245,23 +427,40 @@ impl Snapshot {
     }
 }
 
-/// The id-ordered merge of several snapshots' candidate walks (ids never repeat across
-/// providers: each starts with its provider's name).
-pub(super) fn merge<'s>(
-    mut walks: Vec<std::iter::Peekable<Box<dyn Iterator<Item = &'s Arc<Entry>> + Send + 's>>>,
-) -> impl Iterator<Item = &'s Arc<Entry>> {
+/// Whether `<rank>|<id>` (the findings cursor's key) sorts after `after`, without building it.
+pub(super) fn key_after(rank: u8, id: &str, after: &str) -> bool {
+    let key = [b'0' + rank, b'|'].into_iter().chain(id.bytes());
+    key.cmp(after.bytes()) == std::cmp::Ordering::Greater
+}
+
+/// A walk in order, boxed so walks over several snapshots can be merged.
+pub(super) type Walk<'s, T> = std::iter::Peekable<Box<dyn Iterator<Item = T> + Send + 's>>;
+
+/// The ordered merge of several walks, each in order by `less`.
+pub(super) fn merge_by<'s, T: Copy + 's>(
+    mut walks: Vec<Walk<'s, T>>,
+    less: impl Fn(&T, &T) -> bool,
+) -> impl Iterator<Item = T> {
     std::iter::from_fn(move || {
-        let mut best: Option<(usize, &'s Arc<Entry>)> = None;
+        let mut best: Option<(usize, T)> = None;
         for (at, walk) in walks.iter_mut().enumerate() {
             let Some(&head) = walk.peek() else {
                 continue;
             };
-            if best.is_none_or(|(_, b)| head.identity.id < b.identity.id) {
+            if best.as_ref().is_none_or(|(_, b)| less(&head, b)) {
                 best = Some((at, head));
             }
         }
         best.and_then(|(at, _)| walks[at].next())
     })
+}
+
+/// The id-ordered merge of several snapshots' candidate walks (ids never repeat across
+/// providers: each starts with its provider's name).
+pub(super) fn merge<'s>(
+    walks: Vec<Walk<'s, &'s Arc<Entry>>>,
+) -> impl Iterator<Item = &'s Arc<Entry>> {
+    merge_by(walks, |a, b| a.identity.id < b.identity.id)
 }
 
 #[cfg(test)]
@@ -406,6 +605,21 @@ mod tests {
                 let fresh = evaluate(&i, &thresholds, now);
                 prop_assert_eq!(cached.as_slice(), fresh.as_slice());
                 prop_assert!(valid_until(&i, now) > now);
+                // The potential findings that hold at `now` are exactly the findings then, in
+                // the findings order.
+                let mut want: Vec<(u8, &str, Severity)> = fresh
+                    .iter()
+                    .map(|f| (3 - f.severity as u8, f.id.as_str(), f.severity))
+                    .collect();
+                want.sort();
+                let potential = potential_findings(&i, &thresholds, 0);
+                let mut got: Vec<(u8, &str, Severity)> = potential
+                    .iter()
+                    .filter(|p| p.holds_at(now))
+                    .map(|p| (p.rank, p.id.as_str(), p.severity))
+                    .collect();
+                got.sort();
+                prop_assert_eq!(got, want);
             }
         }
     }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use std::sync::Arc;
 
 use super::cursor::{self, Page};
-use super::index::{self, Indexed};
+use super::index::{self, Indexed, key_after};
 use super::{Caller, Engine, EngineError, Result, principal_key};
 use crate::authz::{PolicyAction, Scope};
 use crate::model::finding::evaluate;
@@ -154,12 +154,6 @@ pub struct FindingsPage {
     pub freshness: Vec<Freshness>,
 }
 
-/// Whether `<rank>|<id>` (the findings cursor's key) sorts after `after`, without building it.
-fn key_after(rank: u8, id: &str, after: &str) -> bool {
-    let key = [b'0' + rank, b'|'].into_iter().chain(id.bytes());
-    key.cmp(after.bytes()) == std::cmp::Ordering::Greater
-}
-
 fn severity_name(s: Severity) -> &'static str {
     match s {
         Severity::Low => "low",
@@ -169,9 +163,77 @@ fn severity_name(s: Severity) -> &'static str {
     }
 }
 
+/// Whether findings of `rule` at `severity` match the query's filters.
+fn rule_wanted(q: &FindingQuery, severity: Severity, rule: FindingRule) -> bool {
+    q.severity.is_none_or(|s| severity >= s)
+        && q.finding
+            .as_ref()
+            .is_none_or(|x| x.eq_ignore_ascii_case(rule.owasp_id()) || x == rule.slug())
+}
+
 fn finding_wanted(q: &FindingQuery, f: &Finding) -> bool {
     q.severity.is_none_or(|s| f.severity >= s)
         && q.finding.as_ref().is_none_or(|x| matches_finding(x, f))
+}
+
+/// One page of `findings` (any order) after `after`, and the summary of all of them: a scan,
+/// for one identity's findings.
+fn scan_findings(
+    findings: &[Finding],
+    q: &FindingQuery,
+    after: Option<&str>,
+    limit: usize,
+    hash: &str,
+) -> (Page<Finding>, FindingsSummary) {
+    // Most severe first, then by id: a stable order for paging; the cursor's key is
+    // `<3 - severity>|<finding id>`.
+    let rank = |f: &Finding| 3 - f.severity as u8;
+    let order =
+        |a: &&Finding, b: &&Finding| (rank(a), a.id.as_str()).cmp(&(rank(b), b.id.as_str()));
+    // The summary counts every wanted finding; only the page's (and one more) are
+    // sorted: a selection, not a sort of them all.
+    let mut total = 0;
+    let mut by_severity: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut by_owasp_id: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut rest: Vec<&Finding> = Vec::new();
+    for f in findings {
+        if !finding_wanted(q, f) {
+            continue;
+        }
+        total += 1;
+        *by_severity.entry(severity_name(f.severity)).or_default() += 1;
+        *by_owasp_id.entry(f.owasp_id.as_str()).or_default() += 1;
+        if after.is_none_or(|after| key_after(rank(f), &f.id, after)) {
+            rest.push(f);
+        }
+    }
+    if rest.len() > limit + 1 {
+        rest.select_nth_unstable_by(limit, order);
+        rest.truncate(limit + 1);
+    }
+    rest.sort_by(order);
+    let next_cursor = (rest.len() > limit).then(|| {
+        cursor::encode(
+            &format!("{}|{}", rank(rest[limit - 1]), rest[limit - 1].id),
+            hash,
+        )
+    });
+    let page = Page {
+        items: rest.iter().take(limit).map(|f| (*f).clone()).collect(),
+        next_cursor,
+    };
+    let summary = FindingsSummary {
+        total,
+        by_severity: by_severity
+            .into_iter()
+            .map(|(k, n)| (k.to_owned(), n))
+            .collect(),
+        by_owasp_id: by_owasp_id
+            .into_iter()
+            .map(|(k, n)| (k.to_owned(), n))
+            .collect(),
+    };
+    (page, summary)
 }
 
 /// The summary line of one identity for `list_identities`.
@@ -385,6 +447,86 @@ impl Engine {
         self.finish(caller, result, None).await
     }
 
+    /// A page of findings from the providers' indexes, and the summary of all that match:
+    /// the walk stops one past the page; the counts come from what the caller may see,
+    /// computed once per (principal, snapshot).
+    #[allow(clippy::too_many_arguments)]
+    fn indexed_findings(
+        &self,
+        caller: &Caller,
+        indexes: &[Arc<index::Snapshot>],
+        q: &FindingQuery,
+        after: Option<&str>,
+        limit: usize,
+        hash: &str,
+        now: DateTime<Utc>,
+    ) -> (Page<Finding>, FindingsSummary) {
+        let reader = principal_key(&caller.principal);
+        let readable = |e: &index::Entry| e.may_read(&reader, |i| self.may_read(caller, i));
+        let mut summary = FindingsSummary {
+            total: 0,
+            by_severity: BTreeMap::new(),
+            by_owasp_id: BTreeMap::new(),
+        };
+        for snapshot in indexes {
+            let visible = snapshot.visible(&self.thresholds, &reader, readable);
+            for (severity, rule) in visible.keys() {
+                if !rule_wanted(q, severity, rule) {
+                    continue;
+                }
+                let n = visible.count((severity, rule), now);
+                if n == 0 {
+                    continue;
+                }
+                summary.total += n;
+                *summary
+                    .by_severity
+                    .entry(severity_name(severity).to_owned())
+                    .or_default() += n;
+                *summary
+                    .by_owasp_id
+                    .entry(rule.owasp_id().to_owned())
+                    .or_default() += n;
+            }
+        }
+        let walks = indexes
+            .iter()
+            .map(|s| s.findings_after(&self.thresholds, after).peekable())
+            .collect();
+        let mut items: Vec<Finding> = Vec::with_capacity(limit + 1);
+        let ordered = index::merge_by(walks, |(_, a), (_, b)| {
+            (a.rank, a.id.as_str()) < (b.rank, b.id.as_str())
+        });
+        for (snapshot, p) in ordered {
+            if !rule_wanted(q, p.severity, p.rule) || !p.holds_at(now) {
+                continue;
+            }
+            let Some(entry) = snapshot.entry(p.entry) else {
+                continue;
+            };
+            if !readable(entry) {
+                continue;
+            }
+            // The finding as it reads now (its evidence counts days).
+            if let Some(f) = entry
+                .findings(&self.thresholds, now)
+                .iter()
+                .find(|f| f.id == p.id)
+            {
+                items.push(f.clone());
+            }
+            if items.len() > limit {
+                break;
+            }
+        }
+        let next_cursor = (items.len() > limit).then(|| {
+            let last = &items[limit - 1];
+            cursor::encode(&format!("{}|{}", 3 - last.severity as u8, last.id), hash)
+        });
+        items.truncate(limit);
+        (Page { items, next_cursor }, summary)
+    }
+
     pub async fn list_findings(&self, caller: &Caller, q: FindingQuery) -> Result<FindingsPage> {
         self.require(caller, Scope::Read).await?;
         let result = async {
@@ -395,84 +537,29 @@ impl Engine {
             let hash = cursor::query_hash(&q);
             let after = cursor::decode(q.cursor.as_deref(), &hash)?;
             let now = Utc::now();
-            let reader = principal_key(&caller.principal);
-            let (kept, freshness): (Vec<Arc<Vec<Finding>>>, _) = match &q.identity_id {
+            let (page, summary, freshness) = match &q.identity_id {
                 Some(id) => {
                     let identity = self.fetch_identity(id).await?;
                     self.authorize(caller, PolicyAction::Read, &identity)?;
-                    let freshness = vec![Freshness::live(id.provider())];
-                    (
-                        vec![Arc::new(evaluate(&identity, &self.thresholds, now))],
-                        freshness,
-                    )
+                    let findings = evaluate(&identity, &self.thresholds, now);
+                    let (page, summary) =
+                        scan_findings(&findings, &q, after.as_deref(), limit, &hash);
+                    (page, summary, vec![Freshness::live(id.provider())])
                 }
                 None => {
                     let (indexes, freshness) =
                         self.inventories(q.provider.as_deref(), q.refresh).await?;
-                    let kept = indexes
-                        .iter()
-                        .flat_map(|i| i.entries().iter())
-                        .filter_map(|e| {
-                            let findings = e.findings(&self.thresholds, now);
-                            let any = findings.iter().any(|f| finding_wanted(&q, f));
-                            (any && e.may_read(&reader, |i| self.may_read(caller, i)))
-                                .then_some(findings)
-                        })
-                        .collect();
-                    (kept, freshness)
+                    let (page, summary) = self.indexed_findings(
+                        caller,
+                        &indexes,
+                        &q,
+                        after.as_deref(),
+                        limit,
+                        &hash,
+                        now,
+                    );
+                    (page, summary, freshness)
                 }
-            };
-            // Most severe first, then by id: a stable order for paging; the cursor's key is
-            // `<3 - severity>|<finding id>`.
-            let rank = |f: &Finding| 3 - f.severity as u8;
-            let order = |a: &&Finding, b: &&Finding| {
-                (rank(a), a.id.as_str()).cmp(&(rank(b), b.id.as_str()))
-            };
-            // The summary counts every wanted finding; only the page's (and one more) are
-            // sorted: a selection, not a sort of them all.
-            let mut total = 0;
-            let mut by_severity: BTreeMap<&'static str, usize> = BTreeMap::new();
-            let mut by_owasp_id: BTreeMap<&str, usize> = BTreeMap::new();
-            let mut rest: Vec<&Finding> = Vec::new();
-            for f in kept.iter().flat_map(|f| f.iter()) {
-                if !finding_wanted(&q, f) {
-                    continue;
-                }
-                total += 1;
-                *by_severity.entry(severity_name(f.severity)).or_default() += 1;
-                *by_owasp_id.entry(f.owasp_id.as_str()).or_default() += 1;
-                if after
-                    .as_deref()
-                    .is_none_or(|after| key_after(rank(f), &f.id, after))
-                {
-                    rest.push(f);
-                }
-            }
-            if rest.len() > limit + 1 {
-                rest.select_nth_unstable_by(limit, order);
-                rest.truncate(limit + 1);
-            }
-            rest.sort_by(order);
-            let next_cursor = (rest.len() > limit).then(|| {
-                cursor::encode(
-                    &format!("{}|{}", rank(rest[limit - 1]), rest[limit - 1].id),
-                    &hash,
-                )
-            });
-            let page = Page {
-                items: rest.iter().take(limit).map(|f| (*f).clone()).collect(),
-                next_cursor,
-            };
-            let summary = FindingsSummary {
-                total,
-                by_severity: by_severity
-                    .into_iter()
-                    .map(|(k, n)| (k.to_owned(), n))
-                    .collect(),
-                by_owasp_id: by_owasp_id
-                    .into_iter()
-                    .map(|(k, n)| (k.to_owned(), n))
-                    .collect(),
             };
             self.audit_read(caller, format!("{} findings", page.items.len()))
                 .await?;
