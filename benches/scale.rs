@@ -8,7 +8,8 @@
 //! - `filtered`: a filter that matches 5 identities (`owner`), and one that matches about a
 //!   tenth and is not indexed (`text`);
 //! - `deep page`: the page after a cursor in the middle of the inventory;
-//! - `get_identity`, and `list_findings` (first page of 50, with its summary over all);
+//! - `get_identity`, and `list_findings` (first page of 50, with its summary over all; and its
+//!   first call, which builds the findings index and the caller's counts);
 //!
 //! and the resident memory after loading. Each call is also shown as a ratio to the same call
 //! at the smallest size: ≈ 1.0 is a cost independent of the inventory's size.
@@ -32,7 +33,7 @@ use nhi_mcp::config::{Config, Overrides};
 use nhi_mcp::engine::{Caller, Engine, FindingQuery, IdentityQuery};
 use nhi_mcp::model::IdentityId;
 
-const CASES: [&str; 7] = [
+const CASES: [&str; 8] = [
     "first page",
     "owner filter (5 match)",
     "text filter (~10% match)",
@@ -40,6 +41,7 @@ const CASES: [&str; 7] = [
     "get_identity",
     "list_findings",
     "start (open + first page)",
+    "first list_findings (builds its index)",
 ];
 
 /// One size: its cases' (median, p99) in ms, and the RSS in MiB.
@@ -65,6 +67,7 @@ fn main() -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let mut rows: Vec<Row> = Vec::new();
     let mut throughput: Vec<(usize, f64, f64)> = Vec::new();
+    let mut rss_after: Vec<f64> = Vec::new();
     for &size in &sizes {
         eprintln!("scale: {size} identities ...");
         let out = std::process::Command::new(&exe)
@@ -84,6 +87,7 @@ fn main() -> anyhow::Result<()> {
             .map(|c| (c[0].as_f64().unwrap(), c[1].as_f64().unwrap()))
             .collect();
         rows.push((size, cases, v["rss_mib"].as_f64().unwrap()));
+        rss_after.push(v["rss_after_mib"].as_f64().unwrap());
         let t = &v["throughput"];
         throughput.push((size, t[0][1].as_f64().unwrap(), t[1][1].as_f64().unwrap()));
     }
@@ -112,6 +116,11 @@ fn main() -> anyhow::Result<()> {
     }
     let mut line = "| RSS after load, MiB |".to_owned();
     for (_, _, rss) in &rows {
+        let _ = write!(line, " {rss:.0} |");
+    }
+    println!("{line}");
+    let mut line = "| RSS after every case, MiB |".to_owned();
+    for rss in &rss_after {
         let _ = write!(line, " {rss:.0} |");
     }
     println!("{line}");
@@ -221,6 +230,11 @@ fn child(size: usize, calls: usize) -> anyhow::Result<()> {
             }
         }
         let deep_cursor = q.cursor.clone();
+        let cold = Instant::now();
+        engine
+            .list_findings(&caller("list_findings"), FindingQuery { limit: Some(50), ..Default::default() })
+            .await?;
+        let cold_findings = cold.elapsed().as_secs_f64() * 1000.0;
         let middle = IdentityId::parse(&ids[ids.len() / 2]).map_err(|e| anyhow::anyhow!(e.0))?;
 
         // Times `calls` runs of `$call` (an expression answering how many items it got), after
@@ -284,6 +298,8 @@ fn child(size: usize, calls: usize) -> anyhow::Result<()> {
         }));
         let ms = start.as_secs_f64() * 1000.0;
         cases.push((ms, ms));
+        cases.push((cold_findings, cold_findings));
+        let rss_after = rss_mib();
 
         // Calls per second of `get_identity` from 1 and from 32 concurrent callers: each call
         // writes a durable audit record, which concurrent calls share (group commit).
@@ -310,7 +326,7 @@ fn child(size: usize, calls: usize) -> anyhow::Result<()> {
             throughput.push((tasks, total as f64 / started.elapsed().as_secs_f64()));
         }
         engine.store().close().await;
-        let report = serde_json::json!({"cases": cases, "rss_mib": rss, "throughput": throughput});
+        let report = serde_json::json!({"cases": cases, "rss_mib": rss, "rss_after_mib": rss_after, "throughput": throughput});
         println!("{report}");
         Ok(())
     })
