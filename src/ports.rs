@@ -1,6 +1,7 @@
 //! The engine's ports: what a provider and a secret sink implement, and the approved plan the
 //! engine hands them. Adapters (`providers/`) import this module, never the engine's use cases.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -53,6 +54,12 @@ pub trait Provider: Send + Sync {
     fn kind(&self) -> &'static str;
 
     async fn list(&self) -> Result<Vec<Identity>, ProviderError>;
+
+    /// `list`, as shared values: a provider that keeps its identities (the `inventory`
+    /// provider) answers the ones it holds, so the engine's index does not copy them.
+    async fn list_shared(&self) -> Result<Vec<Arc<Identity>>, ProviderError> {
+        Ok(self.list().await?.into_iter().map(Arc::new).collect())
+    }
 
     async fn get(&self, id: &IdentityId) -> Result<Option<Identity>, ProviderError>;
 

@@ -26,7 +26,8 @@ use crate::model::{
 /// One identity in the index, with its findings as last computed.
 #[derive(Debug)]
 pub(super) struct Entry {
-    pub identity: Identity,
+    /// Shared with the provider when it keeps one (the `inventory` provider's parsed file).
+    pub identity: Arc<Identity>,
     findings: Mutex<Option<Evaluated>>,
     /// Read decisions made for this identity version, by principal (see [`Entry::may_read`]).
     reads: Mutex<Vec<(Arc<str>, bool)>>,
@@ -44,7 +45,7 @@ struct Evaluated {
 }
 
 impl Entry {
-    pub fn new(identity: Identity) -> Self {
+    pub fn new(identity: Arc<Identity>) -> Self {
         Self {
             identity,
             findings: Mutex::new(None),
@@ -259,8 +260,12 @@ pub(super) struct Indexed<'a> {
 
 impl Snapshot {
     /// The index of `identities` (any order; a later duplicate id replaces an earlier one).
-    pub fn build(identities: impl IntoIterator<Item = Identity>) -> Self {
-        Self::from_entries(identities.into_iter().map(|i| Arc::new(Entry::new(i))))
+    pub fn build<I: Into<Arc<Identity>>>(identities: impl IntoIterator<Item = I>) -> Self {
+        Self::from_entries(
+            identities
+                .into_iter()
+                .map(|i| Arc::new(Entry::new(i.into()))),
+        )
     }
 
     fn from_entries(entries: impl IntoIterator<Item = Arc<Entry>>) -> Self {
@@ -379,7 +384,7 @@ impl Snapshot {
 
     /// Every identity, in id order.
     pub fn identities(&self) -> impl Iterator<Item = &Identity> {
-        self.entries.iter().map(|e| &e.identity)
+        self.entries.iter().map(|e| &*e.identity)
     }
 
     /// A snapshot with `id` replaced by `identity` (`None`: removed); unchanged entries, and
@@ -390,7 +395,7 @@ impl Snapshot {
             .iter()
             .filter(|e| &e.identity.id != id)
             .cloned();
-        let added = identity.map(|i| Arc::new(Entry::new(i)));
+        let added = identity.map(|i| Arc::new(Entry::new(Arc::new(i))));
         Self::from_entries(kept.chain(added))
     }
 
@@ -597,7 +602,7 @@ mod tests {
             i.last_used_at = used.map(|u| base + Duration::seconds(u));
             i.credentials[0].created_at = base + Duration::seconds(key);
             let thresholds = Thresholds { unused_days: 30, max_credential_age_days: 60 };
-            let entry = Entry::new(i.clone());
+            let entry = Entry::new(Arc::new(i.clone()));
             let mut now = base;
             for step in steps {
                 now += Duration::seconds(step);

@@ -162,7 +162,7 @@ fn age(t: DateTime<Utc>) -> Duration {
 }
 
 /// Puts `identity` into `list` (sorted by id) in the place of `id`; `None` removes `id`.
-fn put_one(list: &mut Vec<Identity>, id: &IdentityId, identity: Option<Identity>) {
+fn put_one(list: &mut Vec<Arc<Identity>>, id: &IdentityId, identity: Option<Arc<Identity>>) {
     match (list.binary_search_by(|i| i.id.cmp(id)), identity) {
         (Ok(at), Some(new)) => list[at] = new,
         (Ok(at), None) => {
@@ -371,7 +371,7 @@ impl Engine {
             }
             state.patched.insert(id.clone(), read_at);
             let unchanged = match (current.index.get(id), identity) {
-                (Some(e), Some(new)) => e.identity == *new,
+                (Some(e), Some(new)) => *e.identity == *new,
                 (None, None) => true,
                 _ => false,
             };

@@ -407,8 +407,13 @@ async fn with_timeout<T>(
 
 /// A whole inventory read: one call per identity or more (an AWS account's users and their
 /// keys), each bounded by the provider's own timeouts, so the read as a whole gets longer.
-async fn list_with_timeout(provider: &dyn Provider) -> Result<Vec<Identity>> {
-    bounded(LIST_TIMEOUT, provider.list(), provider.name().as_str()).await
+async fn list_with_timeout(provider: &dyn Provider) -> Result<Vec<Arc<Identity>>> {
+    bounded(
+        LIST_TIMEOUT,
+        provider.list_shared(),
+        provider.name().as_str(),
+    )
+    .await
 }
 
 async fn bounded<T>(

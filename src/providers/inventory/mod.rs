@@ -6,7 +6,7 @@ mod file;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -34,8 +34,8 @@ struct Overlay {
 }
 
 struct Loaded {
-    /// Sorted by id.
-    identities: Vec<Identity>,
+    /// Sorted by id; shared with the engine's index.
+    identities: Vec<Arc<Identity>>,
     stamp: Option<FileStamp>,
 }
 
@@ -141,7 +141,7 @@ impl InventoryProvider {
     /// Runs `f` on the loaded file (re-read first if it changed) and the overlay.
     fn with_current<T>(
         &self,
-        f: impl FnOnce(&[Identity], &Overlay) -> T,
+        f: impl FnOnce(&[Arc<Identity>], &Overlay) -> T,
     ) -> Result<T, InventoryError> {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let stale = match (&guard.0, &self.source) {
@@ -163,8 +163,8 @@ impl InventoryProvider {
     }
 
     /// The identities with the overlay applied, re-reading the file if it changed.
-    fn current(&self) -> Result<Vec<Identity>, InventoryError> {
-        self.with_current(|base, overlay| base.iter().map(|i| apply_overlay(i, overlay)).collect())
+    fn current(&self) -> Result<Vec<Arc<Identity>>, InventoryError> {
+        self.with_current(|base, overlay| base.iter().map(|i| overlaid(i, overlay)).collect())
     }
 
     /// One identity with the overlay applied: a binary search, not a walk of the file.
@@ -230,9 +230,24 @@ impl InventoryProvider {
 }
 
 /// `identities` by id (the file may list them in any order).
-fn sorted(mut identities: Vec<Identity>) -> Vec<Identity> {
+fn sorted(mut identities: Vec<Identity>) -> Vec<Arc<Identity>> {
     identities.sort_by(|a, b| a.id.cmp(&b.id));
-    identities
+    identities.into_iter().map(Arc::new).collect()
+}
+
+/// `base` with the overlay applied: `base` itself, shared, when the overlay does not touch it.
+fn overlaid(base: &Arc<Identity>, overlay: &Overlay) -> Arc<Identity> {
+    let touched = overlay.added.contains_key(&base.id)
+        || overlay.disabled.contains(&base.id)
+        || base
+            .credentials
+            .iter()
+            .any(|c| overlay.status.contains_key(&c.id) || overlay.deleted.contains(&c.id));
+    if touched {
+        Arc::new(apply_overlay(base, overlay))
+    } else {
+        Arc::clone(base)
+    }
 }
 
 fn apply_overlay(base: &Identity, overlay: &Overlay) -> Identity {
@@ -291,6 +306,15 @@ impl Provider for InventoryProvider {
     }
 
     async fn list(&self) -> Result<Vec<Identity>, ProviderError> {
+        Ok(self
+            .list_shared()
+            .await?
+            .into_iter()
+            .map(Arc::unwrap_or_clone)
+            .collect())
+    }
+
+    async fn list_shared(&self) -> Result<Vec<Arc<Identity>>, ProviderError> {
         self.current().map_err(|e| self.unavailable(e))
     }
 
@@ -522,5 +546,45 @@ impl Provider for InventoryProvider {
             // The other steps are idempotent: running them again is the recovery.
             _ => Ok("nothing to undo".to_owned()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 9: `list_shared` answers the parsed file's identities themselves (the engine's
+    /// index does not copy them), and a fresh value exactly for an identity the overlay changed.
+    #[tokio::test]
+    async fn untouched_identities_are_shared_and_changed_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = ProviderName::parse("demo-aws").unwrap();
+        let provider =
+            InventoryProvider::open(name, InventorySource::Embedded("demo-aws"), dir.path())
+                .unwrap();
+        let first = provider.list_shared().await.unwrap();
+        let second = provider.list_shared().await.unwrap();
+        assert!(first.len() > 2);
+        assert!(first.iter().zip(&second).all(|(a, b)| Arc::ptr_eq(a, b)));
+        let target = first[1].id.clone();
+        provider
+            .mutate(|o| {
+                o.disabled.insert(target.clone());
+                Ok(())
+            })
+            .unwrap();
+        let third = provider.list_shared().await.unwrap();
+        for (before, after) in first.iter().zip(&third) {
+            if before.id == target {
+                assert!(!Arc::ptr_eq(before, after));
+                assert!(after.disabled && !before.disabled);
+            } else {
+                assert!(Arc::ptr_eq(before, after), "{} was copied", before.id);
+            }
+        }
+        assert_eq!(
+            provider.list().await.unwrap(),
+            third.iter().map(|i| (**i).clone()).collect::<Vec<_>>()
+        );
     }
 }
