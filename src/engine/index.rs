@@ -34,7 +34,7 @@ pub(super) struct Entry {
 }
 
 /// How many principals' read decisions one entry keeps; the oldest goes first.
-const READS_KEPT: usize = 4;
+const READS_KEPT: usize = 8;
 
 #[derive(Debug, Clone)]
 struct Evaluated {
@@ -202,7 +202,7 @@ impl Visible {
 }
 
 /// How many principals' visible findings one snapshot keeps; the oldest goes first.
-const VISIBLE_KEPT: usize = 4;
+const VISIBLE_KEPT: usize = 16;
 
 /// Every finding `identity` has or will have with `thresholds`, with when each begins.
 /// Derived from `evaluate` itself, at an instant far enough ahead that every finding that can
