@@ -178,13 +178,25 @@ pub(crate) fn create_key_file(path: &Path) -> std::io::Result<()> {
     let pem = signing
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(pem.as_bytes())?;
-    file.sync_all()
+    // Written whole under a name of its own, then linked into place: another process never
+    // reads a half-written key, and of two creating it at once exactly one wins.
+    let tmp = path.with_extension(format!(
+        "tmp-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(pem.as_bytes())?;
+        file.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    written
 }
 
 pub(crate) fn check_private(path: &Path) -> Result<(), String> {
