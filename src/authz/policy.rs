@@ -70,6 +70,8 @@ pub struct Policy {
     authorizer: Authorizer,
     /// The entity type names every decision uses, parsed once.
     types: EntityTypes,
+    /// Each permit's `@required_approvals`, read once (Cedar parses the key on every lookup).
+    approvals: HashMap<PolicyId, u32>,
     /// Where the policies came from, for `config check`.
     pub sources: Vec<String>,
 }
@@ -171,15 +173,22 @@ impl Policy {
                 reason: one_line(e),
             });
         }
+        let mut approvals = HashMap::new();
         for policy in set.policies() {
-            if let Some(n) = policy.annotation("required_approvals")
-                && !matches!(n.parse::<u32>(), Ok(1..=5))
-            {
-                return Err(PolicyError::Invalid {
-                    id: policy.id().to_string(),
-                    reason: format!("`@required_approvals(\"{n}\")` must be a number from 1 to 5"),
-                });
-            }
+            let Some(n) = policy.annotation("required_approvals") else {
+                continue;
+            };
+            match n.parse::<u32>() {
+                Ok(n @ 1..=5) => approvals.insert(policy.id().clone(), n),
+                _ => {
+                    return Err(PolicyError::Invalid {
+                        id: policy.id().to_string(),
+                        reason: format!(
+                            "`@required_approvals(\"{n}\")` must be a number from 1 to 5"
+                        ),
+                    });
+                }
+            };
         }
         let types = EntityTypes::parse().map_err(|reason| PolicyError::Invalid {
             id: "(schema)".to_owned(),
@@ -190,6 +199,7 @@ impl Policy {
             schema,
             authorizer: Authorizer::new(),
             types,
+            approvals,
             sources: names,
         })
     }
@@ -218,12 +228,13 @@ impl Policy {
         }
     }
 
-    fn try_decide(
+    /// The principal and the identity as Cedar entities, with their uids.
+    fn entities(
         &self,
         principal: &Principal,
         action: PolicyAction,
         identity: &Identity,
-    ) -> Result<PolicyDecision, String> {
+    ) -> Result<(EntityUid, EntityUid, [Entity; 2]), String> {
         let uid = |ty: &EntityTypeName, id: &str| {
             EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
         };
@@ -275,10 +286,29 @@ impl Policy {
         let tags = identity.tags.iter().map(|(k, v)| (k.clone(), string(v)));
         let resource_entity = Entity::new_with_tags(resource_uid.clone(), resource_attrs, [], tags)
             .map_err(|e| e.to_string())?;
-        let entities =
-            Entities::from_entities([principal_entity, resource_entity], Some(&self.schema))
-                .map_err(one_line)?;
-        let action_uid = uid(&self.types.action, action.as_str());
+        Ok((
+            principal_uid,
+            resource_uid,
+            [principal_entity, resource_entity],
+        ))
+    }
+
+    fn try_decide(
+        &self,
+        principal: &Principal,
+        action: PolicyAction,
+        identity: &Identity,
+    ) -> Result<PolicyDecision, String> {
+        let (principal_uid, resource_uid, entities) = self.entities(principal, action, identity)?;
+        // Built here from typed fields, so they conform to the schema by construction (the
+        // test `entities_built_for_decisions_conform_to_the_schema` holds that): not validated
+        // again on every decision. The schema declares no action groups, so no action
+        // entities are needed either. The request is still checked against the schema.
+        let entities = Entities::from_entities(entities, None).map_err(one_line)?;
+        let action_uid = EntityUid::from_type_name_and_id(
+            self.types.action.clone(),
+            EntityId::new(action.as_str()),
+        );
         let request = Request::new(
             principal_uid,
             action_uid,
@@ -303,8 +333,7 @@ impl Policy {
             response
                 .diagnostics()
                 .reason()
-                .filter_map(|id| self.set.annotation(id, "required_approvals"))
-                .filter_map(|n| n.parse::<u32>().ok())
+                .filter_map(|id| self.approvals.get(id).copied())
                 .max()
                 .unwrap_or(0)
         } else {
@@ -322,4 +351,103 @@ fn file_stem(origin: &str) -> String {
     Path::new(origin)
         .file_stem()
         .map_or_else(|| origin.to_owned(), |s| s.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz::Scope;
+    use crate::model::IdentityId;
+    use crate::model::identity::{IdentityKind, Permissions};
+
+    fn sample() -> Identity {
+        let now = chrono::Utc::now();
+        Identity {
+            id: IdentityId::parse("p:user/x").unwrap(),
+            provider: "p".into(),
+            native_id: "user/x".into(),
+            kind: IdentityKind::ServiceUser,
+            name: "x".into(),
+            owner: Some("team".into()),
+            purpose: None,
+            environment: Some("prod".into()),
+            used_in_environments: vec!["prod".into()],
+            tags: Default::default(),
+            created_at: now,
+            last_used_at: None,
+            disabled: false,
+            credentials: vec![],
+            permissions: Permissions::default(),
+        }
+    }
+
+    /// Decisions skip the schema check of the entities they build (issue 9: Cedar at its real
+    /// cost). That is sound only if what `entities` builds always passes it: for every action,
+    /// both principal types, and identities with hostile values where each attribute goes.
+    #[test]
+    fn entities_built_for_decisions_conform_to_the_schema() {
+        let policy = Policy::default_policy().unwrap();
+        let mut identity = sample();
+        identity.environment = None;
+        identity.owner = Some("ow\u{0}ner \"é\" 🦀".to_owned());
+        identity.name = String::new();
+        identity.tags.insert(String::new(), "\u{202e}x".to_owned());
+        identity
+            .tags
+            .insert("nhi:protected".to_owned(), "true".to_owned());
+        identity
+            .tags
+            .insert("k with spaces \\ \"".to_owned(), String::new());
+        let mut principal = Principal::new("agent:ü\u{0}\"", [Scope::Read, Scope::Approve]);
+        principal.issuer = Some("https://idp.example/é".to_owned());
+        let bare = Principal::new("", []);
+        for action in [
+            PolicyAction::Read,
+            PolicyAction::ProposeRotation,
+            PolicyAction::ProposeRevocation,
+            PolicyAction::Apply,
+            PolicyAction::ApplyForOthers,
+            PolicyAction::Approve,
+        ] {
+            for who in [&principal, &bare] {
+                let (_, _, entities) = policy.entities(who, action, &identity).unwrap();
+                Entities::from_entities(entities, Some(&policy.schema)).unwrap_or_else(|e| {
+                    panic!("{action:?}: entities do not conform to the schema: {e}")
+                });
+            }
+        }
+    }
+
+    /// `@required_approvals` is read once at load; a decision still reports the most that its
+    /// determining permits ask for.
+    #[test]
+    fn required_approvals_come_from_the_determining_permits() {
+        let policy = Policy::from_sources(vec![(
+            "test.cedar".to_owned(),
+            r#"
+            permit (principal, action == Nhi::Action::"read", resource);
+            @required_approvals("2")
+            permit (principal, action == Nhi::Action::"approve", resource);
+            @required_approvals("3")
+            permit (principal, action == Nhi::Action::"approve", resource)
+              when { resource.privileged };
+            "#
+            .to_owned(),
+        )])
+        .unwrap();
+        let identity = sample();
+        let admin = Principal::new("admin:a", [Scope::Approve]);
+        let mut privileged = identity.clone();
+        privileged.permissions.privileged = true;
+        let plain = policy.decide(&admin, PolicyAction::Approve, &{
+            let mut i = identity.clone();
+            i.permissions.privileged = false;
+            i
+        });
+        assert_eq!((plain.allowed, plain.required_approvals), (true, 2));
+        let high = policy.decide(&admin, PolicyAction::Approve, &privileged);
+        assert_eq!((high.allowed, high.required_approvals), (true, 3));
+        let read = policy.decide(&admin, PolicyAction::Read, &identity);
+        assert_eq!((read.allowed, read.required_approvals), (true, 0));
+    }
 }
