@@ -3,13 +3,16 @@
 //! `JWKS_REFRESH_INTERVAL`), with an algorithm allow-list, `iss`, `aud` (this server's resource
 //! URI, RFC 8707), `exp` and `nbf`. Scopes come from `scope` or `scp`. A token must name a
 //! subject that is not blank, may live at most `max_token_lifetime` (`exp - iat`, or `exp - now`
-//! without `iat`), and, with `require_typ`, must carry that JOSE `typ` (RFC 9068 `at+jwt`).
+//! without `iat` or with one ahead of now), and, with `require_typ`, must carry that JOSE `typ`
+//! (RFC 9068 `at+jwt`).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+use sha2::Digest as _;
 use tokio::sync::RwLock;
 
 use crate::authz::{Principal, Scope};
@@ -96,6 +99,57 @@ struct BearerClaims {
 struct Keys {
     set: JwkSet,
     fetched: Instant,
+    /// Bumped whenever the set is replaced: tokens verified against an older set are verified
+    /// again.
+    generation: u64,
+}
+
+/// The most verified tokens kept; past it, expired ones go, then all.
+const VERIFIED_KEPT: usize = 4096;
+
+/// Tokens that verified, by the SHA-256 of the token, so a client sending the same token on
+/// every request pays for its signature once. Only successes are kept (a refused token is
+/// checked in full every time, and says why each time), each until its `exp` (never past
+/// it: the leeway is for tokens checked in full), and only while the key set it was checked
+/// against is the current one. The raw token is not kept.
+#[derive(Default)]
+struct Verified {
+    generation: u64,
+    tokens: HashMap<[u8; 32], (Principal, i64)>,
+}
+
+impl Verified {
+    fn get(&self, digest: &[u8; 32], generation: u64, now: i64) -> Option<Principal> {
+        if self.generation != generation {
+            return None;
+        }
+        let (principal, exp) = self.tokens.get(digest)?;
+        (now < *exp).then(|| principal.clone())
+    }
+
+    fn insert(
+        &mut self,
+        digest: [u8; 32],
+        generation: u64,
+        principal: Principal,
+        exp: i64,
+        now: i64,
+    ) {
+        if self.generation != generation {
+            if generation < self.generation {
+                return;
+            }
+            self.tokens.clear();
+            self.generation = generation;
+        }
+        if self.tokens.len() >= VERIFIED_KEPT {
+            self.tokens.retain(|_, (_, exp)| now < *exp);
+            if self.tokens.len() >= VERIFIED_KEPT {
+                self.tokens.clear();
+            }
+        }
+        self.tokens.insert(digest, (principal, exp));
+    }
 }
 
 /// Validates bearer tokens for one issuer and audience.
@@ -104,6 +158,7 @@ pub struct Authenticator {
     jwks_uri: String,
     http: reqwest::Client,
     keys: RwLock<Keys>,
+    verified: std::sync::Mutex<Verified>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -175,7 +230,9 @@ impl Authenticator {
             keys: RwLock::new(Keys {
                 set,
                 fetched: Instant::now(),
+                generation: 0,
             }),
+            verified: std::sync::Mutex::default(),
         })
     }
 
@@ -197,7 +254,9 @@ impl Authenticator {
             keys: RwLock::new(Keys {
                 set,
                 fetched: Instant::now(),
+                generation: 0,
             }),
+            verified: std::sync::Mutex::default(),
         })
     }
 
@@ -215,10 +274,26 @@ impl Authenticator {
 
     /// The principal a bearer token stands for.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
-        let invalid = |m: &str| AuthError::Invalid(m.to_owned());
         if token.is_empty() || token.len() > 16 * 1024 {
-            return Err(invalid("the token is malformed"));
+            return Err(AuthError::Invalid("the token is malformed".to_owned()));
         }
+        // The key set's periodic refresh happens whether or not the token is known.
+        self.refresh(JWKS_MAX_AGE).await;
+        let generation = self.keys.read().await.generation;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = chrono::Utc::now().timestamp();
+        let verified = || self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(principal) = verified().get(&digest, generation, now) {
+            return Ok(principal);
+        }
+        let (principal, exp) = self.verify(token).await?;
+        verified().insert(digest, generation, principal.clone(), exp, now);
+        Ok(principal)
+    }
+
+    /// Checks a token in full: its header, key, signature and claims; the principal and `exp`.
+    async fn verify(&self, token: &str) -> Result<(Principal, i64), AuthError> {
+        let invalid = |m: &str| AuthError::Invalid(m.to_owned());
         let header = jsonwebtoken::decode_header(token).map_err(|_| match raw_alg(token) {
             // `none` and other algorithms the library does not know end here.
             Some(alg) => AuthError::Invalid(format!(
@@ -269,9 +344,12 @@ impl Authenticator {
             })
         })?;
         let claims = data.claims;
+        // From `iat`, or from now when there is none or it lies ahead: an `iat` in the future
+        // does not shorten a long-lived token.
+        let now = chrono::Utc::now().timestamp();
         let lifetime = claims
             .exp
-            .saturating_sub(claims.iat.unwrap_or_else(|| chrono::Utc::now().timestamp()));
+            .saturating_sub(claims.iat.map_or(now, |iat| iat.min(now)));
         let max = self.config.max_token_lifetime.as_secs();
         if lifetime > i64::try_from(max).unwrap_or(i64::MAX) {
             return Err(AuthError::Invalid(format!(
@@ -304,7 +382,7 @@ impl Authenticator {
             .map(|c| crate::authz::principal_id::parse_external("the token's client id", &c))
             .transpose()
             .map_err(|e| AuthError::Invalid(e.0))?;
-        Ok(principal)
+        Ok((principal, claims.exp))
     }
 
     /// The key for `kid`, refreshing the JWKS (rate-limited) when the id is unknown.
@@ -333,7 +411,10 @@ impl Authenticator {
         }
         keys.fetched = Instant::now();
         match fetch_json::<JwkSet>(&self.http, &self.jwks_uri).await {
-            Ok(set) => keys.set = set,
+            Ok(set) => {
+                keys.set = set;
+                keys.generation += 1;
+            }
             Err(e) => tracing::warn!(jwks = %self.jwks_uri, error = %e, "JWKS refresh failed"),
         }
     }
@@ -544,6 +625,13 @@ mod tests {
         );
         // Without `iat`: exp - now.
         assert_eq!(refusal(&i, &with(None, now + 3000)).await, None);
+        // An `iat` ahead of now counts from now: a day-long token claiming a later issue
+        // time is still a day long.
+        assert!(
+            refusal(&i, &with(Some(now + 86_000), now + 86_400))
+                .await
+                .is_some()
+        );
         assert!(
             refusal(&i, &with(None, now + 10 * 365 * 86_400))
                 .await
@@ -639,6 +727,74 @@ mod tests {
             before,
             "refreshed inside the interval"
         );
+    }
+
+    /// Issue 9: a verified token is kept until its `exp` only, never past it, and only for the
+    /// key set it was verified against; the map stays bounded.
+    #[test]
+    fn verified_tokens_are_kept_until_exp_for_their_key_set() {
+        let p = Principal::new("agent-7", [Scope::Read]);
+        let mut v = Verified::default();
+        v.insert([1; 32], 0, p.clone(), 100, 50);
+        assert_eq!(v.get(&[1; 32], 0, 99).map(|p| p.id), Some("agent-7".into()));
+        assert!(v.get(&[1; 32], 0, 100).is_none(), "kept at its exp");
+        assert!(v.get(&[2; 32], 0, 50).is_none(), "another token");
+        assert!(
+            v.get(&[1; 32], 1, 50).is_none(),
+            "kept across a new key set"
+        );
+        // A verification that began under an older key set keeps nothing.
+        v.insert([3; 32], 1, p.clone(), 100, 50);
+        v.insert([4; 32], 0, p.clone(), 100, 50);
+        assert!(v.get(&[4; 32], 0, 50).is_none() && v.get(&[4; 32], 1, 50).is_none());
+        assert!(
+            v.get(&[1; 32], 1, 50).is_none(),
+            "the old set's tokens went"
+        );
+        for n in 0..(VERIFIED_KEPT + 10) {
+            let mut digest = [0; 32];
+            digest[..8].copy_from_slice(&(n as u64).to_le_bytes());
+            v.insert(digest, 1, p.clone(), 100, 50);
+            assert!(v.tokens.len() <= VERIFIED_KEPT);
+        }
+    }
+
+    /// A token that verified is not re-verified while it is valid, but a key set fetched since
+    /// (the IdP rotated its key away) checks it again; a refused token is refused every time.
+    #[tokio::test]
+    async fn a_rotated_key_set_checks_kept_tokens_again() {
+        let served = std::sync::Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
+        let app = {
+            let served = served.clone();
+            axum::Router::new().route(
+                "/jwks",
+                axum::routing::get(move || {
+                    let body = served.lock().unwrap().clone();
+                    async move { axum::Json(body) }
+                }),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut i = issuer();
+        i.auth.jwks_uri = format!("http://{addr}/jwks");
+        let good = token(&i, "k1", claims(300, 0));
+        let expired = token(&i, "k1", claims(-120, -600));
+        for _ in 0..2 {
+            assert_eq!(i.auth.authenticate(&good).await.unwrap().id, "agent-7");
+            let e = i.auth.authenticate(&expired).await.unwrap_err().to_string();
+            assert!(e.contains("expired"), "{e}");
+        }
+        // The IdP now publishes another key only; the periodic refresh fetches it.
+        let other = issuer();
+        *served.lock().unwrap() = serde_json::to_value(&other.auth.keys.read().await.set).unwrap();
+        let long_ago = Instant::now().checked_sub(JWKS_MAX_AGE * 2).unwrap();
+        i.auth.keys.write().await.fetched = long_ago;
+        // The new key has the same `kid`: the kept token is checked against it, and fails.
+        let e = i.auth.authenticate(&good).await.unwrap_err().to_string();
+        assert!(e.contains("signature does not verify"), "{e}");
+        server.abort();
     }
 
     /// Issue #8: a token's subject and client id are normalised; look-alikes and the server's
