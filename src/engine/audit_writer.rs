@@ -97,9 +97,7 @@ async fn write_batches(store: Store, mut queue: mpsc::Receiver<(AuditEntry, Done
 /// Appends `entries` in one transaction.
 async fn append_all(store: &Store, entries: &[AuditEntry]) -> Result<(), StoreError> {
     let mut tx = store.begin().await?;
-    for entry in entries {
-        tx.append_audit(entry.clone()).await?;
-    }
+    tx.append_audit_all(entries.to_vec()).await?;
     tx.commit().await
 }
 

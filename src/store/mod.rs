@@ -62,6 +62,9 @@ pub enum Store {
     Sqlite(SqlitePool),
 }
 
+/// Audit records per `INSERT` statement (16 bound values each, under SQLite's 32,766).
+const AUDIT_ROWS_PER_INSERT: usize = 512;
+
 pub struct Tx {
     inner: sqlx::Transaction<'static, sqlx::Sqlite>,
 }
@@ -137,18 +140,24 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<Proposal>> {
         let mut tx = self.begin_read().await?;
-        let rows = sqlx::query(
-            "SELECT id FROM proposals
-             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR identity_id = $2)
-               AND ($3 IS NULL OR id > $3)
-             ORDER BY id LIMIT $4",
-        )
-        .bind(filter.status.map(ProposalStatus::as_str))
-        .bind(filter.identity_id.as_ref().map(IdentityId::as_str))
-        .bind(filter.after.as_deref())
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
+        // Only the conditions that are set, so `proposals_by_status` / `proposals_by_identity`
+        // serve them (`$1 IS NULL OR status = $1` would scan every proposal ever made).
+        let mut query = sqlx::QueryBuilder::new("SELECT id FROM proposals WHERE 1 = 1");
+        if let Some(status) = filter.status {
+            query.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(identity) = &filter.identity_id {
+            query
+                .push(" AND identity_id = ")
+                .push_bind(identity.as_str());
+        }
+        if let Some(after) = &filter.after {
+            query.push(" AND id > ").push_bind(after.as_str());
+        }
+        query
+            .push(" ORDER BY id LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = query.build().fetch_all(&mut *tx).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let id: String = row.try_get("id")?;
@@ -492,46 +501,62 @@ impl Tx {
 
     /// Appends `entry` to the audit chain, after the current head.
     pub async fn append_audit(&mut self, entry: AuditEntry) -> Result<AuditRecord> {
-        let head = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *self.inner)
-            .await?;
-        let (seq, prev_hash) = match head {
-            Some(row) => (
-                row.try_get::<i64, _>("seq")? + 1,
-                row.try_get::<String, _>("hash")?,
-            ),
-            None => (1, audit::GENESIS_HASH.to_owned()),
-        };
-        let hash = audit::chain_hash(seq, &prev_hash, &entry);
-        sqlx::query(
-            "INSERT INTO audit_log (seq, at, principal, action, arguments, arguments_digest, decision,
-               reason, policy_ids, proposal_id, outcome, prev_hash, hash, issuer, client_id, scopes)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-        )
-        .bind(seq)
-        .bind(ts(entry.at))
-        .bind(&entry.principal)
-        .bind(&entry.action)
-        .bind(entry.arguments.to_string())
-        .bind(&entry.arguments_digest)
-        .bind(entry.decision.as_str())
-        .bind(entry.reason.as_deref())
-        .bind(serde_json::Value::from(entry.policy_ids.clone()).to_string())
-        .bind(entry.proposal_id.as_deref())
-        .bind(entry.outcome.as_deref())
-        .bind(&prev_hash)
-        .bind(&hash)
-        .bind(entry.issuer.as_deref())
-        .bind(entry.client_id.as_deref())
-        .bind(entry.scopes.as_ref().map(|s| serde_json::Value::from(s.clone()).to_string()))
-        .execute(&mut *self.inner)
-        .await?;
-        Ok(AuditRecord {
-            seq,
-            entry,
-            prev_hash,
-            hash,
-        })
+        let mut records = self.append_audit_all(vec![entry]).await?;
+        records
+            .pop()
+            .ok_or_else(|| StoreError::Failed("no audit record was written".to_owned()))
+    }
+
+    /// Appends `entries` in order after the chain's head: the head is read once and the
+    /// records go in as one statement (a batch of group commit costs two statements, not two
+    /// per record).
+    pub async fn append_audit_all(&mut self, entries: Vec<AuditEntry>) -> Result<Vec<AuditRecord>> {
+        let (mut seq, mut prev_hash) = self.audit_head().await?;
+        let mut records = Vec::with_capacity(entries.len());
+        for entry in entries {
+            seq += 1;
+            let hash = audit::chain_hash(seq, &prev_hash, &entry);
+            records.push(AuditRecord {
+                seq,
+                entry,
+                prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
+                hash,
+            });
+        }
+        // SQLite allows 32,766 bound values per statement; 16 per record.
+        for chunk in records.chunks(AUDIT_ROWS_PER_INSERT) {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO audit_log (seq, at, principal, action, arguments, arguments_digest,
+                   decision, reason, policy_ids, proposal_id, outcome, prev_hash, hash, issuer,
+                   client_id, scopes) ",
+            );
+            insert.push_values(chunk, |mut row, record| {
+                let entry = &record.entry;
+                row.push_bind(record.seq)
+                    .push_bind(ts(entry.at))
+                    .push_bind(entry.principal.clone())
+                    .push_bind(entry.action.clone())
+                    .push_bind(entry.arguments.to_string())
+                    .push_bind(entry.arguments_digest.clone())
+                    .push_bind(entry.decision.as_str())
+                    .push_bind(entry.reason.clone())
+                    .push_bind(serde_json::Value::from(entry.policy_ids.clone()).to_string())
+                    .push_bind(entry.proposal_id.clone())
+                    .push_bind(entry.outcome.clone())
+                    .push_bind(record.prev_hash.clone())
+                    .push_bind(record.hash.clone())
+                    .push_bind(entry.issuer.clone())
+                    .push_bind(entry.client_id.clone())
+                    .push_bind(
+                        entry
+                            .scopes
+                            .as_ref()
+                            .map(|s| serde_json::Value::from(s.clone()).to_string()),
+                    );
+            });
+            insert.build().execute(&mut *self.inner).await?;
+        }
+        Ok(records)
     }
 
     /// The number of audit records and the hash of the newest (0 and the genesis hash when
