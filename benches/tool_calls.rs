@@ -4,9 +4,13 @@
 //! loopback (with rmcp's default client, one TCP connection per request, and with a keep-alive
 //! client). A second table times the engine without MCP, to show where nhi-mcp's time goes.
 //!
-//! Run with `cargo bench --bench tool_calls` (optionally `-- --calls N --warmup N`, or the
-//! `NHI_BENCH_CALLS` / `NHI_BENCH_WARMUP` environment variables). Calls are sequential from one
-//! client per server, so calls/s is 1 / mean latency, not peak throughput under concurrency.
+//! Run with `cargo bench --bench tool_calls` (optionally `-- --calls N --warmup N --window-ms N`,
+//! or the `NHI_BENCH_CALLS` / `NHI_BENCH_WARMUP` / `NHI_BENCH_WINDOW_MS` environment variables;
+//! `-- --concurrency-only` for just the concurrency table). In the first tables calls are
+//! sequential from one client per server, so calls/s is 1 / mean latency. The concurrency table
+//! runs 1, 8, 32 and 64 clients at once, each on its own session and keep-alive connection,
+//! against the bare server and against nhi-mcp with bearer authentication, policy and durable
+//! audit, for a fixed window each: peak throughput and p50/p99 under load.
 //! Measured calls are split into rounds that rotate through the servers, so drift (the audit
 //! table growing, the machine warming up) hits every row alike.
 //!
@@ -55,6 +59,8 @@ use tokio_util::sync::CancellationToken;
 
 const DEFAULT_CALLS: usize = 2_000;
 const DEFAULT_WARMUP: usize = 200;
+/// Milliseconds each load of the concurrency table runs at each connection count.
+const DEFAULT_WINDOW_MS: usize = 3_000;
 /// Measured calls per cell are split into this many rounds, rotating through the cells.
 const ROUNDS: usize = 10;
 /// In-process pipe size; 64 KiB is what a Linux pipe (stdio) holds.
@@ -103,6 +109,10 @@ impl ServerHandler for BareServer {
 struct Options {
     calls: usize,
     warmup: usize,
+    /// How long each load of the concurrency table runs at each connection count.
+    window: Duration,
+    /// `--concurrency-only`: just the concurrency table.
+    concurrency_only: bool,
 }
 
 impl Options {
@@ -111,11 +121,18 @@ impl Options {
     fn parse() -> anyhow::Result<Self> {
         let mut calls = env_count("NHI_BENCH_CALLS")?.unwrap_or(DEFAULT_CALLS);
         let mut warmup = env_count("NHI_BENCH_WARMUP")?.unwrap_or(DEFAULT_WARMUP);
+        let mut window_ms = env_count("NHI_BENCH_WINDOW_MS")?.unwrap_or(DEFAULT_WINDOW_MS);
+        let mut concurrency_only = false;
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             let target = match arg.as_str() {
                 "--calls" => &mut calls,
                 "--warmup" => &mut warmup,
+                "--window-ms" => &mut window_ms,
+                "--concurrency-only" => {
+                    concurrency_only = true;
+                    continue;
+                }
                 _ => continue,
             };
             let value = args
@@ -124,7 +141,13 @@ impl Options {
             *target = parse_count(&arg, &value)?;
         }
         ensure!(calls > 0, "`--calls` must be at least 1");
-        Ok(Self { calls, warmup })
+        ensure!(window_ms > 0, "`--window-ms` must be at least 1");
+        Ok(Self {
+            calls,
+            warmup,
+            window: Duration::from_millis(window_ms as u64),
+            concurrency_only,
+        })
     }
 }
 
@@ -408,6 +431,180 @@ async fn serve_http(app: axum::Router, cancel: &CancellationToken) -> anyhow::Re
     Ok(format!("http://{addr}/mcp"))
 }
 
+// ---- throughput under concurrency ------------------------------------------------------------
+
+/// Connections of the concurrency table.
+const CONNECTIONS: [usize; 4] = [1, 8, 32, 64];
+/// Rounds per connection count; each round runs every load once, in turn.
+const LOAD_ROUNDS: usize = 3;
+
+/// `clients` calling one tool back to back, each on its own keep-alive session, for `window`.
+async fn load(
+    clients: &[Arc<Client>],
+    tool: &'static str,
+    arguments: &Value,
+    window: Duration,
+    row: &mut Row,
+) -> anyhow::Result<()> {
+    let Value::Object(arguments) = arguments.clone() else {
+        bail!("arguments of `{tool}` must be an object");
+    };
+    let start = Instant::now();
+    let deadline = start + window;
+    let tasks: Vec<_> = clients
+        .iter()
+        .map(|client| {
+            let client = client.clone();
+            let arguments = arguments.clone();
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                while Instant::now() < deadline {
+                    let params = CallToolRequestParams::new(tool).with_arguments(arguments.clone());
+                    let begun = Instant::now();
+                    let result = client.call_tool(params).await?;
+                    ensure!(
+                        result.is_error != Some(true),
+                        "`{tool}` answered an error: {:?}",
+                        result.content
+                    );
+                    samples.push(begun.elapsed());
+                }
+                anyhow::Ok(samples)
+            })
+        })
+        .collect();
+    for task in tasks {
+        row.samples.extend(task.await??);
+    }
+    row.elapsed += start.elapsed();
+    Ok(())
+}
+
+/// Opens `n` sessions against `server` and warms each up with a few calls of `tool`.
+async fn sessions(
+    connect: &Connect,
+    server: Server,
+    n: usize,
+    tool: &'static str,
+    arguments: &Value,
+) -> anyhow::Result<Vec<Arc<Client>>> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let client = connect(server).await?;
+        let Value::Object(arguments) = arguments.clone() else {
+            bail!("arguments of `{tool}` must be an object");
+        };
+        for _ in 0..3 {
+            client
+                .call_tool(CallToolRequestParams::new(tool).with_arguments(arguments.clone()))
+                .await?;
+        }
+        clients.push(Arc::new(client));
+    }
+    Ok(clients)
+}
+
+async fn close(clients: Vec<Arc<Client>>) {
+    for client in clients {
+        if let Ok(client) = Arc::try_unwrap(client) {
+            let _ = client.cancel().await;
+        }
+    }
+}
+
+/// One table row per (connections, load): the bare no-op server against nhi-mcp with bearer
+/// authentication, policy and durable audit, over keep-alive HTTP, in the same rounds.
+async fn concurrency(
+    connect: &Connect,
+    window: Duration,
+) -> anyhow::Result<Vec<(usize, Vec<Row>)>> {
+    let loads: [(Server, &'static str, Value); 3] = [
+        (Server::Bare, "noop", json!({})),
+        (
+            Server::NhiBearer,
+            "get_identity",
+            json!({ "identity_id": GET_IDENTITY_ID }),
+        ),
+        (Server::NhiBearer, "list_identities", json!({ "limit": 50 })),
+    ];
+    let mut table = Vec::new();
+    for connections in CONNECTIONS {
+        let bare = sessions(connect, Server::Bare, connections, "noop", &json!({})).await?;
+        let nhi = sessions(
+            connect,
+            Server::NhiBearer,
+            connections,
+            "get_identity",
+            &loads[1].2,
+        )
+        .await?;
+        let mut rows: Vec<Row> = loads
+            .iter()
+            .map(|(server, tool, _)| Row {
+                tool: (*tool).to_owned(),
+                server: *server,
+                samples: Vec::new(),
+                elapsed: Duration::ZERO,
+                response_bytes: 0,
+            })
+            .collect();
+        for _ in 0..LOAD_ROUNDS {
+            for ((server, tool, arguments), row) in loads.iter().zip(&mut rows) {
+                let clients = if *server == Server::Bare { &bare } else { &nhi };
+                load(clients, tool, arguments, window / LOAD_ROUNDS as u32, row).await?;
+            }
+        }
+        close(bare).await;
+        close(nhi).await;
+        for row in &mut rows {
+            row.samples.sort_unstable();
+        }
+        table.push((connections, rows));
+    }
+    Ok(table)
+}
+
+fn print_concurrency_section(table: &[(usize, Vec<Row>)], options: &Options) {
+    println!(
+        "\n## Throughput under concurrency (HTTP keep-alive)\n\n\
+         N clients, each with its own Streamable HTTP session on its own keep-alive connection, \
+         call back to back for {:.1} s per load at each N (in {LOAD_ROUNDS} rounds rotating \
+         through the loads), clients and servers on the same runtime and cores. nhi-mcp has \
+         bearer authentication (EdDSA JWT), the default Cedar policy and durable audit (every \
+         call answered only once its record is on disk) on. Baseline: the bare rmcp server's \
+         no-op tool at the same N. ratio = calls/s nhi-mcp ÷ calls/s bare; p99 ratio = p99 \
+         nhi-mcp ÷ p99 bare.\n",
+        options.window.as_secs_f64()
+    );
+    print_concurrency(table);
+}
+
+fn print_concurrency(table: &[(usize, Vec<Row>)]) {
+    println!(
+        "| connections | tool | calls/s bare | calls/s nhi-mcp | ratio | p50 bare | p50 nhi-mcp | p99 bare | p99 nhi-mcp | p99 ratio |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (connections, rows) in table {
+        let Some(bare) = rows.iter().find(|r| r.server == Server::Bare) else {
+            continue;
+        };
+        for row in rows.iter().filter(|r| r.server != Server::Bare) {
+            println!(
+                "| {connections} | `{}` | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} | {:.1} |",
+                row.tool,
+                bare.calls_per_sec(),
+                row.calls_per_sec(),
+                row.calls_per_sec() / bare.calls_per_sec(),
+                micros(bare.percentile(50.0)),
+                micros(row.percentile(50.0)),
+                micros(bare.percentile(99.0)),
+                micros(row.percentile(99.0)),
+                row.percentile(99.0).as_secs_f64() / bare.percentile(99.0).as_secs_f64(),
+            );
+        }
+    }
+}
+
 // ---- bearer authentication --------------------------------------------------------------------
 
 /// The server config with `[auth]`, an authenticator over a locally generated key, and a token
@@ -416,6 +613,8 @@ struct Bearer {
     config: Config,
     auth: Arc<Authenticator>,
     token: String,
+    /// Signs the same claims with a distinct `jti`: a token the authenticator has not seen.
+    mint: Box<dyn Fn(usize) -> String>,
 }
 
 /// An Ed25519 key made here stands in for the IdP's: its public half is the key set given to
@@ -440,12 +639,19 @@ fn bearer(overrides: &Overrides) -> anyhow::Result<Bearer> {
     });
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(KEY_ID.to_owned());
-    let token = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(der.as_bytes()))?;
+    let key = EncodingKey::from_ed_der(der.as_bytes());
+    let token = jsonwebtoken::encode(&header, &claims, &key)?;
     let auth = Authenticator::with_keys(auth_config, set, UNREACHABLE_JWKS)?;
+    let mint = Box::new(move |n: usize| {
+        let mut claims = claims.clone();
+        claims["jti"] = json!(format!("bench-{n}"));
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    });
     Ok(Bearer {
         config,
         auth: Arc::new(auth),
         token,
+        mint,
     })
 }
 
@@ -548,11 +754,27 @@ async fn breakdown(
     })
     .await?;
     let authenticate = time_calls(
-        "bearer `authenticate` (EdDSA JWT, key set in memory)",
+        "bearer `authenticate`, the same token again (verified once, then kept)",
         options,
         || async {
             bearer.auth.authenticate(&bearer.token).await?;
             Ok(())
+        },
+    )
+    .await?;
+    let fresh: Vec<String> = (0..options.warmup + options.calls)
+        .map(|n| (bearer.mint)(n))
+        .collect();
+    let next = std::cell::Cell::new(0);
+    let verify = time_calls(
+        "bearer `authenticate`, a new token each call (EdDSA signature and claims checked)",
+        options,
+        || {
+            let token = &fresh[next.replace(next.get() + 1)];
+            async move {
+                bearer.auth.authenticate(token).await?;
+                Ok(())
+            }
         },
     )
     .await?;
@@ -583,7 +805,16 @@ async fn breakdown(
         || async { identities.iter().try_for_each(decide) },
     )
     .await?;
-    Ok(vec![list, get, audit, empty, authenticate, one, every])
+    Ok(vec![
+        list,
+        get,
+        audit,
+        empty,
+        authenticate,
+        verify,
+        one,
+        every,
+    ])
 }
 
 // ---- report ----------------------------------------------------------------------------------
@@ -663,6 +894,21 @@ async fn main() -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
 
     let started = Instant::now();
+    let concurrent = over_http(
+        engine.clone(),
+        &config,
+        &bearer,
+        &cancel,
+        Pooling::KeepAlive,
+    )
+    .await?;
+    let concurrency_rows = concurrency(&concurrent, options.window).await?;
+    if options.concurrency_only {
+        cancel.cancel();
+        print_concurrency_section(&concurrency_rows, &options);
+        println!("\nTotal time: {:.1} s", started.elapsed().as_secs_f64());
+        return Ok(());
+    }
     let in_process = in_process(engine.clone(), config.clone());
     let in_process_rows = run_mode(in_process, &[Server::Nhi], &options).await?;
     let both = [Server::Nhi, Server::NhiBearer];
@@ -726,6 +972,7 @@ async fn main() -> anyhow::Result<()> {
          calls/s without.\n"
     );
     print_auth_table(&[("HTTP", &modes[1].1), ("HTTP keep-alive", &modes[2].1)]);
+    print_concurrency_section(&concurrency_rows, &options);
     println!(
         "\n## Where nhi-mcp's time goes\n\n\
          The same calls without MCP: the engine called directly (scopes, Cedar policy, \
