@@ -11,7 +11,7 @@ pub mod secret;
 
 pub use finding::{Finding, FindingRule, Severity, Thresholds};
 pub use identity::{
-    Credential, CredentialKind, CredentialStatus, Identity, IdentityKind, Permissions,
+    Credential, CredentialKind, CredentialStatus, Identity, IdentityKind, Permissions, Tags,
 };
 pub use ids::{CredentialId, IdentityId, InvalidInput, ProposalId, ProviderName};
 pub use proposal::{Action, PlanStep, Proposal, ProposalBody, ProposalStatus, StepAction};

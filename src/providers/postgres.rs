@@ -179,7 +179,7 @@ impl PostgresProvider {
                 purpose: meta.purpose,
                 environment: meta.environment,
                 used_in_environments: Vec::new(),
-                tags: meta.tags,
+                tags: meta.tags.into(),
                 // Unknown to PostgreSQL; see the module docs.
                 created_at: now,
                 last_used_at: last_seen,

@@ -164,7 +164,7 @@ impl AwsIamProvider {
             purpose,
             environment,
             used_in_environments: Vec::new(),
-            tags,
+            tags: tags.into(),
             created_at,
             last_used_at,
             disabled,
@@ -210,7 +210,7 @@ impl AwsIamProvider {
             purpose,
             environment,
             used_in_environments: Vec::new(),
-            tags,
+            tags: tags.into(),
             created_at: role.create_date().and_then(to_chrono).unwrap_or_default(),
             last_used_at: role
                 .role_last_used()

@@ -135,7 +135,7 @@ pub fn parse_inventory(
             purpose: r.purpose,
             environment: r.environment,
             used_in_environments: r.used_in_environments,
-            tags: r.tags,
+            tags: r.tags.into(),
             created_at: time("created_at", &r.created_at)?,
             last_used_at: r
                 .last_used_at
