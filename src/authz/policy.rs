@@ -387,6 +387,13 @@ mod tests {
     #[test]
     fn entities_built_for_decisions_conform_to_the_schema() {
         let policy = Policy::default_policy().unwrap();
+        // Without action groups, `action in …` needs no action entities: an action group added
+        // to the schema must bring them back (`Entities::from_entities` with the schema).
+        assert_eq!(
+            policy.schema.action_groups().count(),
+            0,
+            "the schema has action groups: decisions need the schema's action entities again"
+        );
         let mut identity = sample();
         identity.environment = None;
         identity.owner = Some("ow\u{0}ner \"é\" 🦀".to_owned());
