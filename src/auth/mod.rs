@@ -386,8 +386,8 @@ impl Authenticator {
     }
 
     /// The key for `kid`, refreshing the JWKS (rate-limited) when the id is unknown.
+    /// (`authenticate` has already refreshed a set older than `JWKS_MAX_AGE`.)
     async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, AuthError> {
-        self.refresh(JWKS_MAX_AGE).await;
         if let Some(key) = self.find(kid, alg).await {
             return key;
         }
