@@ -357,28 +357,9 @@ fn file_stem(origin: &str) -> String {
 mod tests {
     use super::*;
     use crate::authz::Scope;
-    use crate::model::IdentityId;
-    use crate::model::identity::{IdentityKind, Permissions};
 
     fn sample() -> Identity {
-        let now = chrono::Utc::now();
-        Identity {
-            id: IdentityId::parse("p:user/x").unwrap(),
-            provider: "p".into(),
-            native_id: "user/x".into(),
-            kind: IdentityKind::ServiceUser,
-            name: "x".into(),
-            owner: Some("team".into()),
-            purpose: None,
-            environment: Some("prod".into()),
-            used_in_environments: vec!["prod".into()],
-            tags: Default::default(),
-            created_at: now,
-            last_used_at: None,
-            disabled: false,
-            credentials: vec![],
-            permissions: Permissions::default(),
-        }
+        crate::model::identity::sample(chrono::Utc::now())
     }
 
     /// Decisions skip the schema check of the entities they build (issue 9: Cedar at its real

@@ -292,35 +292,11 @@ pub fn evaluate(identity: &Identity, thresholds: &Thresholds, now: DateTime<Utc>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::identity::{Credential, CredentialStatus, IdentityKind, Permissions};
     use crate::model::ids::CredentialId;
     use chrono::Duration;
 
     fn identity(now: DateTime<Utc>) -> Identity {
-        Identity {
-            id: IdentityId::parse("p:user/x").unwrap(),
-            provider: "p".into(),
-            native_id: "user/x".into(),
-            kind: IdentityKind::ServiceUser,
-            name: "x".into(),
-            owner: Some("team".into()),
-            purpose: None,
-            environment: Some("prod".into()),
-            used_in_environments: vec!["prod".into()],
-            tags: Default::default(),
-            created_at: now - Duration::days(10),
-            last_used_at: Some(now - Duration::days(1)),
-            disabled: false,
-            credentials: vec![Credential {
-                id: CredentialId::parse("k1").unwrap(),
-                kind: CredentialKind::AccessKey,
-                created_at: now - Duration::days(10),
-                last_used_at: None,
-                expires_at: Some(now + Duration::days(10)),
-                status: CredentialStatus::Active,
-            }],
-            permissions: Permissions::default(),
-        }
+        crate::model::identity::sample(now)
     }
 
     fn rules(identity: &Identity, now: DateTime<Utc>) -> Vec<FindingRule> {

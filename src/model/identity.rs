@@ -117,7 +117,7 @@ impl Tags {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.0.iter().map(|(k, v)| (k, v))
+        self.into_iter()
     }
 
     pub fn len(&self) -> usize {
@@ -262,6 +262,36 @@ impl Identity {
         };
         // Serializing plain data with string keys cannot fail.
         canonical::digest(&relevant).unwrap_or_default()
+    }
+}
+
+/// A healthy service user with one access key, for tests: ten days old, used yesterday.
+#[cfg(test)]
+pub(crate) fn sample(now: DateTime<Utc>) -> Identity {
+    use chrono::Duration;
+    Identity {
+        id: IdentityId::parse("p:user/x").unwrap(),
+        provider: "p".into(),
+        native_id: "user/x".into(),
+        kind: IdentityKind::ServiceUser,
+        name: "x".into(),
+        owner: Some("team".into()),
+        purpose: None,
+        environment: Some("prod".into()),
+        used_in_environments: vec!["prod".into()],
+        tags: Tags::default(),
+        created_at: now - Duration::days(10),
+        last_used_at: Some(now - Duration::days(1)),
+        disabled: false,
+        credentials: vec![Credential {
+            id: CredentialId::parse("k1").unwrap(),
+            kind: CredentialKind::AccessKey,
+            created_at: now - Duration::days(10),
+            last_used_at: None,
+            expires_at: Some(now + Duration::days(10)),
+            status: CredentialStatus::Active,
+        }],
+        permissions: Permissions::default(),
     }
 }
 
