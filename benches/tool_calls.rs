@@ -47,7 +47,9 @@ use nhi_mcp::engine::{Caller, Engine, IdentityQuery};
 use nhi_mcp::mcp::NhiServer;
 use nhi_mcp::model::{Identity, IdentityId};
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::model::{CallToolRequestParams, ClientConfig, ServerCapabilities, ServerConfig};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientConfig, ServerCapabilities, ServerConfig,
+};
 use rmcp::service::RunningService;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -203,6 +205,16 @@ struct Row {
 }
 
 impl Row {
+    fn new(tool: impl Into<String>, server: Server) -> Self {
+        Self {
+            tool: tool.into(),
+            server,
+            samples: Vec::new(),
+            elapsed: Duration::ZERO,
+            response_bytes: 0,
+        }
+    }
+
     fn calls_per_sec(&self) -> f64 {
         self.samples.len() as f64 / self.elapsed.as_secs_f64()
     }
@@ -211,6 +223,33 @@ impl Row {
     fn percentile(&self, p: f64) -> Duration {
         let rank = ((p / 100.0) * self.samples.len() as f64).ceil() as usize;
         self.samples[rank.clamp(1, self.samples.len()) - 1]
+    }
+}
+
+/// One call; fails on a transport error or a tool error, so nothing fast-but-wrong counts.
+async fn call(
+    client: &Client,
+    tool: &str,
+    arguments: &Map<String, Value>,
+) -> anyhow::Result<CallToolResult> {
+    let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments.clone());
+    let result = client
+        .call_tool(params)
+        .await
+        .with_context(|| format!("calling `{tool}`"))?;
+    ensure!(
+        result.is_error != Some(true),
+        "`{tool}` answered an error: {:?}",
+        result.content
+    );
+    Ok(result)
+}
+
+/// Tool arguments as the object MCP sends.
+fn object(tool: &str, arguments: Value) -> anyhow::Result<Map<String, Value>> {
+    match arguments {
+        Value::Object(arguments) => Ok(arguments),
+        _ => bail!("arguments of `{tool}` must be an object"),
     }
 }
 
@@ -228,37 +267,16 @@ impl Cell {
         tool: &'static str,
         arguments: Value,
     ) -> anyhow::Result<Self> {
-        let Value::Object(arguments) = arguments else {
-            bail!("arguments of `{tool}` must be an object");
-        };
         Ok(Self {
             client: connect(server).await?,
-            arguments,
-            row: Row {
-                tool: tool.to_owned(),
-                server,
-                samples: Vec::new(),
-                elapsed: Duration::ZERO,
-                response_bytes: 0,
-            },
+            arguments: object(tool, arguments)?,
+            row: Row::new(tool, server),
         })
     }
 
-    /// One call; fails on a transport error or a tool error, so nothing fast-but-wrong counts.
+    /// One call and the size of its result.
     async fn call(&self) -> anyhow::Result<usize> {
-        let tool = &self.row.tool;
-        let params =
-            CallToolRequestParams::new(tool.clone()).with_arguments(self.arguments.clone());
-        let result = self
-            .client
-            .call_tool(params)
-            .await
-            .with_context(|| format!("calling `{tool}`"))?;
-        ensure!(
-            result.is_error != Some(true),
-            "`{tool}` answered an error: {:?}",
-            result.content
-        );
+        let result = call(&self.client, &self.row.tool, &self.arguments).await?;
         Ok(serde_json::to_vec(&result)?.len())
     }
 
@@ -442,13 +460,10 @@ const LOAD_ROUNDS: usize = 3;
 async fn load(
     clients: &[Arc<Client>],
     tool: &'static str,
-    arguments: &Value,
+    arguments: &Map<String, Value>,
     window: Duration,
     row: &mut Row,
 ) -> anyhow::Result<()> {
-    let Value::Object(arguments) = arguments.clone() else {
-        bail!("arguments of `{tool}` must be an object");
-    };
     let start = Instant::now();
     let deadline = start + window;
     let tasks: Vec<_> = clients
@@ -459,14 +474,8 @@ async fn load(
             tokio::spawn(async move {
                 let mut samples = Vec::new();
                 while Instant::now() < deadline {
-                    let params = CallToolRequestParams::new(tool).with_arguments(arguments.clone());
                     let begun = Instant::now();
-                    let result = client.call_tool(params).await?;
-                    ensure!(
-                        result.is_error != Some(true),
-                        "`{tool}` answered an error: {:?}",
-                        result.content
-                    );
+                    call(&client, tool, &arguments).await?;
                     samples.push(begun.elapsed());
                 }
                 anyhow::Ok(samples)
@@ -486,18 +495,13 @@ async fn sessions(
     server: Server,
     n: usize,
     tool: &'static str,
-    arguments: &Value,
+    arguments: &Map<String, Value>,
 ) -> anyhow::Result<Vec<Arc<Client>>> {
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n {
         let client = connect(server).await?;
-        let Value::Object(arguments) = arguments.clone() else {
-            bail!("arguments of `{tool}` must be an object");
-        };
         for _ in 0..3 {
-            client
-                .call_tool(CallToolRequestParams::new(tool).with_arguments(arguments.clone()))
-                .await?;
+            call(&client, tool, arguments).await?;
         }
         clients.push(Arc::new(client));
     }
@@ -518,18 +522,22 @@ async fn concurrency(
     connect: &Connect,
     window: Duration,
 ) -> anyhow::Result<Vec<(usize, Vec<Row>)>> {
-    let loads: [(Server, &'static str, Value); 3] = [
-        (Server::Bare, "noop", json!({})),
+    let loads: [(Server, &'static str, Map<String, Value>); 3] = [
+        (Server::Bare, "noop", Map::new()),
         (
             Server::NhiBearer,
             "get_identity",
-            json!({ "identity_id": GET_IDENTITY_ID }),
+            object("get_identity", json!({ "identity_id": GET_IDENTITY_ID }))?,
         ),
-        (Server::NhiBearer, "list_identities", json!({ "limit": 50 })),
+        (
+            Server::NhiBearer,
+            "list_identities",
+            object("list_identities", json!({ "limit": 50 }))?,
+        ),
     ];
     let mut table = Vec::new();
     for connections in CONNECTIONS {
-        let bare = sessions(connect, Server::Bare, connections, "noop", &json!({})).await?;
+        let bare = sessions(connect, Server::Bare, connections, "noop", &loads[0].2).await?;
         let nhi = sessions(
             connect,
             Server::NhiBearer,
@@ -540,13 +548,7 @@ async fn concurrency(
         .await?;
         let mut rows: Vec<Row> = loads
             .iter()
-            .map(|(server, tool, _)| Row {
-                tool: (*tool).to_owned(),
-                server: *server,
-                samples: Vec::new(),
-                elapsed: Duration::ZERO,
-                response_bytes: 0,
-            })
+            .map(|(server, tool, _)| Row::new(*tool, *server))
             .collect();
         for _ in 0..LOAD_ROUNDS {
             for ((server, tool, arguments), row) in loads.iter().zip(&mut rows) {
@@ -680,11 +682,9 @@ where
     let elapsed = all.elapsed();
     samples.sort_unstable();
     Ok(Row {
-        tool: label.into(),
-        server: Server::Nhi,
         samples,
         elapsed,
-        response_bytes: 0,
+        ..Row::new(label, Server::Nhi)
     })
 }
 
@@ -964,7 +964,8 @@ async fn main() -> anyhow::Result<()> {
          in the same rounds as the table above. With auth on, every `/mcp` request carries \
          `Authorization: Bearer <JWT>`; the layer buffers the body to find the tool and the \
          scope it needs, verifies the token (EdDSA / Ed25519 signature, `iss`, `aud`, `exp`, \
-         `nbf`) and the tool runs as the token's principal. The key set is generated locally \
+         `nbf`) the first time and recognises it by its SHA-256 after that, and the tool runs \
+         as the token's principal. The key set is generated locally \
          and handed to `Authenticator::with_keys`: no call contacts an IdP, as in production, \
          where the JWKS is fetched once and cached. The default Cedar policy decides on both \
          sides (it cannot be turned off): once for `get_identity`, once per identity for \
@@ -978,7 +979,8 @@ async fn main() -> anyhow::Result<()> {
          The same calls without MCP: the engine called directly (scopes, Cedar policy, \
          inventory, findings, audit), the audit append alone (`BEGIN IMMEDIATE`, read the chain \
          head, hash, insert, commit), an empty `BEGIN IMMEDIATE` + `COMMIT`, bearer token \
-         validation alone (`Authenticator::authenticate`: header, key lookup, signature, claims) \
+         validation alone (`Authenticator::authenticate`: the same token again, which it keeps \
+         once verified, and a new token each call: header, key lookup, signature, claims) \
          and Cedar decisions alone (`Policy::decide`, default policy, the token's principal). \
          In-process MCP overhead ≈ the in-process rows above minus the engine rows.\n"
     );
