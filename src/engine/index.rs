@@ -4,7 +4,7 @@
 //! - Lookups by id and the start of a page (the first id after a cursor) are binary searches.
 //! - Each filter that can be indexed (`kind`, `owner`, `environment`) has the positions of its
 //!   matching identities, so a page of a selective filter walks only its candidates.
-//! - Each identity's findings are computed once and kept until the first instant they could
+//! - Each identity's finding rules are computed once and kept until the first instant they could
 //!   read differently (a day count in an evidence or a threshold crossing), see [`valid_until`].
 //! - A change (one identity re-read, or a whole new read) builds a new snapshot sharing every
 //!   unchanged entry; readers holding the old one are not disturbed.
@@ -19,11 +19,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use chrono::{DateTime, Duration, Utc};
 
 use crate::model::finding::evaluate;
-use crate::model::{
-    Finding, FindingRule, Identity, IdentityId, IdentityKind, Severity, Thresholds,
-};
+use crate::model::{FindingRule, Identity, IdentityId, IdentityKind, Severity, Thresholds};
 
-/// One identity in the index, with its findings as last computed.
+/// One identity in the index, with the rules of its findings as last computed.
 #[derive(Debug)]
 pub(super) struct Entry {
     /// Shared with the provider when it keeps one (the `inventory` provider's parsed file).
@@ -38,7 +36,10 @@ const READS_KEPT: usize = 8;
 
 #[derive(Debug, Clone)]
 struct Evaluated {
-    findings: Arc<Vec<Finding>>,
+    /// The rules of the findings, in `evaluate`'s order: what pages, filters and summaries
+    /// need. The findings themselves (titles, evidence) are evaluated again for the few a
+    /// page shows, rather than kept for every identity (about a kilobyte each).
+    rules: Arc<[FindingRule]>,
     /// The findings hold for every instant in `from..until`.
     from: DateTime<Utc>,
     until: DateTime<Utc>,
@@ -76,23 +77,26 @@ impl Entry {
         allowed
     }
 
-    /// The identity's findings at `now`: computed at most once per interval in which they
-    /// cannot change.
-    pub fn findings(&self, thresholds: &Thresholds, now: DateTime<Utc>) -> Arc<Vec<Finding>> {
+    /// The rules of the identity's findings at `now`, in `evaluate`'s order: computed at
+    /// most once per interval in which they cannot change.
+    pub fn finding_rules(&self, thresholds: &Thresholds, now: DateTime<Utc>) -> Arc<[FindingRule]> {
         let mut cached = self.findings.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = cached.as_ref()
             && e.from <= now
             && now < e.until
         {
-            return Arc::clone(&e.findings);
+            return Arc::clone(&e.rules);
         }
-        let findings = Arc::new(evaluate(&self.identity, thresholds, now));
+        let rules: Arc<[FindingRule]> = evaluate(&self.identity, thresholds, now)
+            .iter()
+            .map(|f| f.rule)
+            .collect();
         *cached = Some(Evaluated {
-            findings: Arc::clone(&findings),
+            rules: Arc::clone(&rules),
             from: now,
             until: valid_until(&self.identity, now),
         });
-        findings
+        rules
     }
 }
 
@@ -588,7 +592,7 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
-        /// Cached findings equal a fresh evaluation at any later instant: `valid_until` never
+        /// Cached finding rules equal a fresh evaluation's at any later instant: `valid_until` never
         /// claims an interval in which a day count (and so a finding or its evidence) changes.
         #[test]
         fn cached_findings_equal_a_fresh_evaluation(
@@ -606,9 +610,10 @@ mod tests {
             let mut now = base;
             for step in steps {
                 now += Duration::seconds(step);
-                let cached = entry.findings(&thresholds, now);
+                let cached = entry.finding_rules(&thresholds, now);
                 let fresh = evaluate(&i, &thresholds, now);
-                prop_assert_eq!(cached.as_slice(), fresh.as_slice());
+                let fresh_rules: Vec<FindingRule> = fresh.iter().map(|f| f.rule).collect();
+                prop_assert_eq!(&cached[..], fresh_rules.as_slice());
                 prop_assert!(valid_until(&i, now) > now);
                 // The potential findings that hold at `now` are exactly the findings then, in
                 // the findings order.

@@ -173,7 +173,9 @@ fn rule_wanted(q: &FindingQuery, severity: Severity, rule: FindingRule) -> bool 
 
 fn finding_wanted(q: &FindingQuery, f: &Finding) -> bool {
     q.severity.is_none_or(|s| f.severity >= s)
-        && q.finding.as_ref().is_none_or(|x| matches_finding(x, f))
+        && q.finding
+            .as_ref()
+            .is_none_or(|x| matches_finding(x, f.rule))
 }
 
 /// One page of `findings` (any order) after `after`, and the summary of all of them: a scan,
@@ -237,8 +239,8 @@ fn scan_findings(
 }
 
 /// The summary line of one identity for `list_identities`.
-fn summary(identity: &Identity, findings: &[Finding]) -> IdentitySummary {
-    let mut slugs: Vec<String> = findings.iter().map(|f| f.rule.slug().to_owned()).collect();
+fn summary(identity: &Identity, rules: &[FindingRule]) -> IdentitySummary {
+    let mut slugs: Vec<String> = rules.iter().map(|r| r.slug().to_owned()).collect();
     slugs.dedup();
     IdentitySummary {
         id: identity.id.clone(),
@@ -255,8 +257,8 @@ fn summary(identity: &Identity, findings: &[Finding]) -> IdentitySummary {
     }
 }
 
-fn matches_finding(filter: &str, f: &Finding) -> bool {
-    filter.eq_ignore_ascii_case(&f.owasp_id) || filter == f.rule.slug()
+fn matches_finding(filter: &str, rule: FindingRule) -> bool {
+    filter.eq_ignore_ascii_case(rule.owasp_id()) || filter == rule.slug()
 }
 
 fn check_finding_filter(filter: &Option<String>) -> Result<()> {
@@ -386,9 +388,9 @@ impl Engine {
             {
                 continue;
             }
-            let findings = entry.findings(&self.thresholds, now);
+            let rules = entry.finding_rules(&self.thresholds, now);
             if let Some(f) = &q.finding
-                && !findings.iter().any(|x| matches_finding(f, x))
+                && !rules.iter().any(|r| matches_finding(f, *r))
             {
                 continue;
             }
@@ -396,7 +398,7 @@ impl Engine {
             if !entry.may_read(&reader, |i| self.may_read(caller, i)) {
                 continue;
             }
-            out.push(summary(identity, &findings));
+            out.push(summary(identity, &rules));
             if out.len() > limit {
                 break;
             }
@@ -507,13 +509,13 @@ impl Engine {
             if !readable(entry) {
                 continue;
             }
-            // The finding as it reads now (its evidence counts days).
-            if let Some(f) = entry
-                .findings(&self.thresholds, now)
-                .iter()
+            // The finding as it reads now (its evidence counts days): evaluated for the
+            // identities a page shows, not kept for all.
+            if let Some(f) = evaluate(&entry.identity, &self.thresholds, now)
+                .into_iter()
                 .find(|f| f.id == p.id)
             {
-                items.push(f.clone());
+                items.push(f);
             }
             if items.len() > limit {
                 break;
