@@ -38,6 +38,15 @@ pub enum StepResult {
     Done { detail: String },
 }
 
+/// `identities` as shared values, in a buffer of their own: `into_iter().map(Arc::new).collect()`
+/// would reuse the buffer of whole identities in place (about 330 bytes each) to hold 8-byte
+/// pointers, and keep it as long as the vector lives.
+pub fn shared(identities: Vec<Identity>) -> Vec<Arc<Identity>> {
+    let mut out = Vec::with_capacity(identities.len());
+    out.extend(identities.into_iter().map(Arc::new));
+    out
+}
+
 /// One connected system.
 ///
 /// Contract:
@@ -58,7 +67,7 @@ pub trait Provider: Send + Sync {
     /// `list`, as shared values: a provider that keeps its identities (the `inventory`
     /// provider) answers the ones it holds, so the engine's index does not copy them.
     async fn list_shared(&self) -> Result<Vec<Arc<Identity>>, ProviderError> {
-        Ok(self.list().await?.into_iter().map(Arc::new).collect())
+        Ok(shared(self.list().await?))
     }
 
     async fn get(&self, id: &IdentityId) -> Result<Option<Identity>, ProviderError>;

@@ -279,6 +279,8 @@ impl Snapshot {
         entries.reverse();
         entries.dedup_by(|later, earlier| later.identity.id == earlier.identity.id);
         entries.reverse();
+        // `collect` may have reused its source's buffer, sized for larger elements.
+        entries.shrink_to_fit();
         let mut by_kind: HashMap<IdentityKind, Vec<usize>> = HashMap::new();
         let mut by_owner: HashMap<String, Vec<usize>> = HashMap::new();
         let mut by_environment: HashMap<String, Vec<usize>> = HashMap::new();

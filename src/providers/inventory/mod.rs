@@ -232,7 +232,7 @@ impl InventoryProvider {
 /// `identities` by id (the file may list them in any order).
 fn sorted(mut identities: Vec<Identity>) -> Vec<Arc<Identity>> {
     identities.sort_by(|a, b| a.id.cmp(&b.id));
-    identities.into_iter().map(Arc::new).collect()
+    crate::ports::shared(identities)
 }
 
 /// `base` with the overlay applied: `base` itself, shared, when the overlay does not touch it.
@@ -552,6 +552,26 @@ impl Provider for InventoryProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 9: the sorted identities hold a buffer of pointers, not the parsed file's buffer
+    /// of whole identities (which `collect` would reuse in place: a third of a kilobyte per
+    /// identity, for as long as the provider keeps them).
+    #[test]
+    fn sorted_identities_keep_no_buffer_of_whole_identities() {
+        let now = chrono::Utc::now();
+        let identities: Vec<Identity> = (0..100)
+            .rev()
+            .map(|i| {
+                let mut identity = crate::model::identity::sample(now);
+                identity.id = IdentityId::parse(&format!("p:user/{i:03}")).expect("id");
+                identity
+            })
+            .collect();
+        let out = sorted(identities);
+        assert_eq!(out.len(), 100);
+        assert_eq!(out.capacity(), 100);
+        assert!(out.windows(2).all(|w| w[0].id < w[1].id));
+    }
 
     /// Issue 9: `list_shared` answers the parsed file's identities themselves (the engine's
     /// index does not copy them), and a fresh value exactly for an identity the overlay changed.
