@@ -174,8 +174,102 @@ mod tests {
             .send()
             .await
             .expect("login profile");
+        // Issue 9: `get` reads one identity with calls about it alone, and answers exactly
+        // what `list` does, through inline, attached (customer and AWS managed) and group
+        // policies, for a user and a role.
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let doc = |action: &str| {
+            format!(
+                r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":"{action}","Resource":"*"}}]}}"#
+            )
+        };
+        let managed = iam
+            .create_policy()
+            .policy_name(format!("conf-read-{tag}"))
+            .policy_document(doc("s3:GetObject"))
+            .send()
+            .await
+            .expect("policy");
+        let managed = managed
+            .policy()
+            .and_then(|p| p.arn())
+            .expect("arn")
+            .to_owned();
+        let group = format!("conf-{tag}");
+        iam.create_group()
+            .group_name(&group)
+            .send()
+            .await
+            .expect("group");
+        iam.put_group_policy()
+            .group_name(&group)
+            .policy_name("group-inline")
+            .policy_document(doc("sqs:*"))
+            .send()
+            .await
+            .expect("group policy");
+        for arn in [managed.as_str(), "arn:aws:iam::aws:policy/ReadOnlyAccess"] {
+            iam.attach_group_policy()
+                .group_name(&group)
+                .policy_arn(arn)
+                .send()
+                .await
+                .expect("attach to group");
+        }
+        iam.add_user_to_group()
+            .group_name(&group)
+            .user_name("svc-a")
+            .send()
+            .await
+            .expect("join group");
+        iam.put_user_policy()
+            .user_name("svc-a")
+            .policy_name("user-inline")
+            .policy_document(doc("dynamodb:GetItem"))
+            .send()
+            .await
+            .expect("user policy");
+        iam.attach_user_policy()
+            .user_name("svc-c")
+            .policy_arn(&managed)
+            .send()
+            .await
+            .expect("attach to user");
+        iam.create_role()
+            .role_name(format!("conf-role-{tag}"))
+            .path(&path)
+            .assume_role_policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#)
+            .send()
+            .await
+            .expect("role");
+        iam.put_role_policy()
+            .role_name(format!("conf-role-{tag}"))
+            .policy_name("role-inline")
+            .policy_document(doc("*"))
+            .send()
+            .await
+            .expect("role policy");
+        iam.attach_role_policy()
+            .role_name(format!("conf-role-{tag}"))
+            .policy_arn(&managed)
+            .send()
+            .await
+            .expect("attach to role");
         let name = ProviderName::parse("aws").expect("name");
         let p = AwsIamProvider::new(name, &sdk, TagKeys::default(), Some(path));
+        let listed = p.list().await.expect("list");
+        assert_eq!(listed.len(), 4, "three users and a role");
+        for identity in &listed {
+            let got = p.get(&identity.id).await.expect("get").expect("found");
+            assert_eq!(&got, identity, "get and list differ for {}", identity.id);
+        }
+        let svc_a = &listed[1];
+        assert!(
+            svc_a.permissions.grants.len() >= 4,
+            "svc-a's own and its group's policies: {:?}",
+            svc_a.permissions.grants
+        );
+        assert!(listed[0].permissions.wildcard, "the role's inline `*`");
         check(&p, &IdentityId::parse("aws:user/svc-b").expect("id")).await;
 
         // An unreachable endpoint is a clear error, marked unavailable (so an apply retries).

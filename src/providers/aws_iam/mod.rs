@@ -5,7 +5,10 @@
 //! - Listing reads `GetAccountAuthorizationDetails` (users, groups, roles, customer-managed
 //!   policies with their documents, tags) and, per user, `ListAccessKeys`,
 //!   `GetAccessKeyLastUsed` and `GetLoginProfile`, all paginated. `get` reads the same for one
-//!   identity, so a plan and its apply-time check see exactly what a list shows.
+//!   identity with calls about it alone (`GetUser` or `GetRole`, its inline and attached
+//!   policies, its groups' policies, the customer-managed policies' default versions), put in
+//!   the same shape and converted by the same code, so a plan and its apply-time check see
+//!   exactly what a list shows, and a read costs the same in an account of any size.
 //! - An identity is privileged when it has (directly or through a group) `AdministratorAccess`
 //!   or `IAMFullAccess`, or a policy that allows `*` actions (`*`, `service:*`, `NotAction`) or
 //!   `*` resources. AWS-managed policies other than those two are judged by name only: their
@@ -225,9 +228,17 @@ impl Provider for AwsIamProvider {
         if name.is_empty() || name.contains('/') {
             return Ok(None);
         }
-        // One entity's policies come from its groups and the account's managed policies too:
-        // the account-wide read keeps `get` and `list` exactly alike.
-        let details = self.account_details().await?;
+        // The entity, its policies, its groups' policies and the customer-managed documents
+        // that reach it, in the shape `list` reads for the whole account: the same conversion
+        // makes `get` and `list` exactly alike, and one read costs the same in any account.
+        let details = if is_user {
+            self.user_details(name).await?
+        } else {
+            self.role_details(name).await?
+        };
+        let Some(details) = details else {
+            return Ok(None);
+        };
         if is_user {
             match details
                 .users

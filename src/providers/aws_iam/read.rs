@@ -55,6 +55,253 @@ impl AwsIamProvider {
         Ok(details)
     }
 
+    /// What `account_details` would hold for one user: the user, its groups' policies and the
+    /// documents of the customer-managed policies that reach it, read with calls about that
+    /// user alone (`GetUser`, its policies, its groups' policies), so one read costs the same
+    /// in an account of any size. `None` when there is no such user.
+    pub(super) async fn user_details(&self, name: &str) -> Result<Option<Details>, ProviderError> {
+        let user = match self.iam.get_user().user_name(name).send().await {
+            Ok(out) => match out.user {
+                Some(user) => user,
+                None => return Ok(None),
+            },
+            Err(e) if e.code() == Some("NoSuchEntity") => return Ok(None),
+            Err(e) => return Err(self.sdk_err("GetUser", e)),
+        };
+        let attached = self
+            .iam
+            .list_attached_user_policies()
+            .user_name(name)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect();
+        let inline = async {
+            let names: Vec<String> = self
+                .iam
+                .list_user_policies()
+                .user_name(name)
+                .into_paginator()
+                .items()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| self.sdk_err("ListUserPolicies", e))?;
+            let mut out = Vec::with_capacity(names.len());
+            for policy in names {
+                let doc = self
+                    .iam
+                    .get_user_policy()
+                    .user_name(name)
+                    .policy_name(&policy)
+                    .send()
+                    .await
+                    .map_err(|e| self.sdk_err("GetUserPolicy", e))?;
+                out.push(inline_detail(policy, doc.policy_document));
+            }
+            Ok::<_, ProviderError>(out)
+        };
+        let groups = self
+            .iam
+            .list_groups_for_user()
+            .user_name(name)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect();
+        let (attached, inline, groups) = futures_util::future::try_join3(
+            async {
+                attached
+                    .await
+                    .map_err(|e| self.sdk_err("ListAttachedUserPolicies", e))
+            },
+            inline,
+            async {
+                groups
+                    .await
+                    .map_err(|e| self.sdk_err("ListGroupsForUser", e))
+            },
+        )
+        .await?;
+        let mut details = Details::default();
+        let mut arns: Vec<String> = attached
+            .iter()
+            .filter_map(|p| p.policy_arn().map(str::to_owned))
+            .collect();
+        let mut group_names = Vec::with_capacity(groups.len());
+        for group in &groups {
+            let g = group.group_name().to_owned();
+            let policies = self.group_policies(&g).await?;
+            arns.extend(policies.managed.iter().cloned());
+            details.groups.insert(g.clone(), policies);
+            group_names.push(g);
+        }
+        self.customer_managed_docs(arns, &mut details).await?;
+        details.users.push(
+            aws_sdk_iam::types::UserDetail::builder()
+                .set_path(Some(user.path().to_owned()))
+                .set_user_name(Some(user.user_name().to_owned()))
+                .set_user_id(Some(user.user_id().to_owned()))
+                .set_arn(Some(user.arn().to_owned()))
+                .set_create_date(Some(*user.create_date()))
+                .set_user_policy_list(Some(inline))
+                .set_group_list(Some(group_names))
+                .set_attached_managed_policies(Some(attached))
+                .set_tags(Some(user.tags().to_vec()))
+                .build(),
+        );
+        Ok(Some(details))
+    }
+
+    /// What `account_details` would hold for one role (see `user_details`).
+    pub(super) async fn role_details(&self, name: &str) -> Result<Option<Details>, ProviderError> {
+        let role = match self.iam.get_role().role_name(name).send().await {
+            Ok(out) => match out.role {
+                Some(role) => role,
+                None => return Ok(None),
+            },
+            Err(e) if e.code() == Some("NoSuchEntity") => return Ok(None),
+            Err(e) => return Err(self.sdk_err("GetRole", e)),
+        };
+        let attached: Vec<_> = self
+            .iam
+            .list_attached_role_policies()
+            .role_name(name)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| self.sdk_err("ListAttachedRolePolicies", e))?;
+        let names: Vec<String> = self
+            .iam
+            .list_role_policies()
+            .role_name(name)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| self.sdk_err("ListRolePolicies", e))?;
+        let mut inline = Vec::with_capacity(names.len());
+        for policy in names {
+            let doc = self
+                .iam
+                .get_role_policy()
+                .role_name(name)
+                .policy_name(&policy)
+                .send()
+                .await
+                .map_err(|e| self.sdk_err("GetRolePolicy", e))?;
+            inline.push(inline_detail(policy, doc.policy_document));
+        }
+        let mut details = Details::default();
+        let arns = attached
+            .iter()
+            .filter_map(|p| p.policy_arn().map(str::to_owned))
+            .collect();
+        self.customer_managed_docs(arns, &mut details).await?;
+        details.roles.push(
+            aws_sdk_iam::types::RoleDetail::builder()
+                .set_path(Some(role.path().to_owned()))
+                .set_role_name(Some(role.role_name().to_owned()))
+                .set_role_id(Some(role.role_id().to_owned()))
+                .set_arn(Some(role.arn().to_owned()))
+                .set_create_date(Some(*role.create_date()))
+                .set_assume_role_policy_document(
+                    role.assume_role_policy_document().map(str::to_owned),
+                )
+                .set_role_policy_list(Some(inline))
+                .set_attached_managed_policies(Some(attached))
+                .set_tags(Some(role.tags().to_vec()))
+                .set_role_last_used(role.role_last_used().cloned())
+                .build(),
+        );
+        Ok(Some(details))
+    }
+
+    /// One group's attached policies and inline documents.
+    async fn group_policies(&self, group: &str) -> Result<GroupPolicies, ProviderError> {
+        let managed: Vec<_> = self
+            .iam
+            .list_attached_group_policies()
+            .group_name(group)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| self.sdk_err("ListAttachedGroupPolicies", e))?;
+        let names: Vec<String> = self
+            .iam
+            .list_group_policies()
+            .group_name(group)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| self.sdk_err("ListGroupPolicies", e))?;
+        let mut inline = Vec::with_capacity(names.len());
+        for policy in names {
+            let doc = self
+                .iam
+                .get_group_policy()
+                .group_name(group)
+                .policy_name(&policy)
+                .send()
+                .await
+                .map_err(|e| self.sdk_err("GetGroupPolicy", e))?;
+            inline.push(inline_detail(policy, doc.policy_document));
+        }
+        Ok(GroupPolicies {
+            managed: managed
+                .iter()
+                .filter_map(|p| p.policy_arn().map(str::to_owned))
+                .collect(),
+            inline: documents(&inline),
+        })
+    }
+
+    /// The default documents of the customer-managed policies among `arns` (AWS-managed ones
+    /// are judged by name, as in `account_details`), into `details.managed_docs`.
+    async fn customer_managed_docs(
+        &self,
+        mut arns: Vec<String>,
+        details: &mut Details,
+    ) -> Result<(), ProviderError> {
+        arns.sort();
+        arns.dedup();
+        for arn in arns.into_iter().filter(|a| !aws_managed(a)) {
+            let policy = self
+                .iam
+                .get_policy()
+                .policy_arn(&arn)
+                .send()
+                .await
+                .map_err(|e| self.sdk_err("GetPolicy", e))?;
+            let Some(version) = policy.policy().and_then(|p| p.default_version_id()) else {
+                continue;
+            };
+            let doc = self
+                .iam
+                .get_policy_version()
+                .policy_arn(&arn)
+                .version_id(version)
+                .send()
+                .await
+                .map_err(|e| self.sdk_err("GetPolicyVersion", e))?;
+            if let Some(doc) = doc
+                .policy_version()
+                .and_then(|v| v.document())
+                .and_then(parse_document)
+            {
+                details.managed_docs.insert(arn, doc);
+            }
+        }
+        Ok(())
+    }
+
     /// A user's access keys, every page.
     pub(super) async fn access_keys(
         &self,
@@ -258,4 +505,17 @@ pub(super) struct Details {
 pub(super) struct GroupPolicies {
     pub(super) managed: Vec<String>,
     pub(super) inline: Vec<(String, Option<serde_json::Value>)>,
+}
+
+/// An inline policy as `GetAccountAuthorizationDetails` lists it.
+fn inline_detail(name: String, document: String) -> aws_sdk_iam::types::PolicyDetail {
+    aws_sdk_iam::types::PolicyDetail::builder()
+        .policy_name(name)
+        .policy_document(document)
+        .build()
+}
+
+/// Whether `arn` names an AWS-managed policy (`arn:<partition>:iam::aws:policy/...`).
+fn aws_managed(arn: &str) -> bool {
+    arn.split(':').nth(4) == Some("aws")
 }
