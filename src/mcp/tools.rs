@@ -240,7 +240,8 @@ pub struct ListProposalsResult {
 ///
 /// - schemars writes `format: uint32` (and `uint64`, `uint`) for unsigned integers, a format
 ///   JSON Schema does not define and Ajv rejects in strict mode; `minimum: 0` already says it.
-/// - Each `$ref` to `$defs` is replaced by the definition it names, so a schema is one tree.
+/// - Each `$ref` to `$defs` is replaced by the definition it names, so a schema is one tree
+///   (a recursive type would keep its `$defs`; none is).
 ///   Clients that check a result against its tool's output schema resolve a `$ref` for every
 ///   item: the MCP Python SDK took 38 ms to check a page of 500 identities with references and
 ///   26 ms without. Some clients also resolve no `$ref` at all. No type here is recursive.
@@ -263,55 +264,86 @@ fn contract_router() -> ToolRouter<NhiServer> {
 
 /// `schema` without unsigned-integer formats and with its definitions inlined.
 fn contract_schema(schema: &serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
-    let mut schema = schema.clone();
-    let defs = match schema.remove("$defs") {
+    let mut inlined = schema.clone();
+    let defs = match inlined.remove("$defs") {
         Some(Value::Object(defs)) => defs,
         _ => serde_json::Map::new(),
     };
-    inline_refs(&mut schema, &defs, 0);
+    // A recursive type, or a reference to nothing defined here, cannot be one tree: that schema
+    // keeps its `$defs` (the test of `contract_router` says no tool's schema does).
+    let mut schema = match inline_refs(&mut inlined, &defs, &mut Vec::new()) {
+        Ok(()) => inlined,
+        Err(Unresolved) => schema.clone(),
+    };
     drop_unsigned_formats(&mut schema);
     schema
 }
 
-/// How deep definitions may nest in each other: deeper is a recursive type, which cannot be
-/// inlined (and is a bug here: the test of `contract_router` finds any `$ref` left).
-const MAX_DEF_DEPTH: usize = 16;
+/// A `$ref` that `inline_refs` cannot replace.
+struct Unresolved;
 
-/// Replaces every `{"$ref": "#/$defs/Name", ...}` in `schema` by `Name`'s definition, with the
-/// referring object's own keywords (a `description`) on top.
-fn inline_refs(
+/// Keywords that describe and do not constrain: a referring object's own ones go on top of
+/// the definition it names. Any other keyword beside a `$ref` must hold as well as the
+/// definition, so the two are kept apart under `allOf`.
+const ANNOTATIONS: [&str; 7] = [
+    "description",
+    "title",
+    "default",
+    "examples",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+];
+
+/// Replaces every `{"$ref": "#/$defs/Name", ...}` in `schema` by `Name`'s definition (itself
+/// inlined). `expanding` holds the definitions being inlined, to tell a recursive type.
+fn inline_refs<'d>(
     schema: &mut serde_json::Map<String, Value>,
-    defs: &serde_json::Map<String, Value>,
-    depth: usize,
-) {
-    let target = schema
-        .get("$ref")
-        .and_then(Value::as_str)
-        .and_then(|r| r.strip_prefix("#/$defs/"))
-        .and_then(|name| defs.get(name))
-        .and_then(Value::as_object);
-    if let Some(definition) = target.filter(|_| depth < MAX_DEF_DEPTH) {
-        let mut merged = definition.clone();
-        inline_refs(&mut merged, defs, depth + 1);
-        schema.remove("$ref");
-        for (key, value) in std::mem::take(schema) {
-            merged.insert(key, value);
-        }
-        *schema = merged;
-    }
+    defs: &'d serde_json::Map<String, Value>,
+    expanding: &mut Vec<&'d str>,
+) -> Result<(), Unresolved> {
     for value in schema.values_mut() {
         match value {
-            Value::Object(map) => inline_refs(map, defs, depth),
+            Value::Object(map) => inline_refs(map, defs, expanding)?,
             Value::Array(items) => {
                 for item in items {
                     if let Value::Object(map) = item {
-                        inline_refs(map, defs, depth);
+                        inline_refs(map, defs, expanding)?;
                     }
                 }
             }
             _ => {}
         }
     }
+    let Some(reference) = schema.remove("$ref") else {
+        return Ok(());
+    };
+    let (name, definition) = reference
+        .as_str()
+        .and_then(|r| r.strip_prefix("#/$defs/"))
+        .and_then(|name| defs.get_key_value(name))
+        .and_then(|(name, d)| Some((name.as_str(), d.as_object()?)))
+        .ok_or(Unresolved)?;
+    if expanding.contains(&name) {
+        return Err(Unresolved);
+    }
+    let mut inlined = definition.clone();
+    expanding.push(name);
+    let done = inline_refs(&mut inlined, defs, expanding);
+    expanding.pop();
+    done?;
+    let own = std::mem::take(schema);
+    if own.keys().all(|k| ANNOTATIONS.contains(&k.as_str())) {
+        inlined.extend(own);
+        *schema = inlined;
+    } else {
+        *schema = own;
+        schema.insert(
+            "allOf".to_owned(),
+            Value::Array(vec![Value::Object(inlined)]),
+        );
+    }
+    Ok(())
 }
 
 fn drop_unsigned_formats(schema: &mut serde_json::Map<String, Value>) {
@@ -910,9 +942,9 @@ mod tests {
     }
 
     /// A reference becomes its definition, nested ones too, with the referring object's own
-    /// keywords on top; one to a name that is not defined stays as it was.
+    /// annotations on top, and its other keywords beside the definition under `allOf`.
     #[test]
-    fn definitions_are_inlined_with_the_referring_keywords_on_top() {
+    fn definitions_are_inlined_with_the_referring_keywords_kept() {
         let schema = serde_json::json!({
             "$defs": {
                 "Id": {"type": "string", "description": "an id"},
@@ -921,26 +953,52 @@ mod tests {
             "properties": {
                 "pair": {"$ref": "#/$defs/Pair", "description": "the pair"},
                 "maybe": {"anyOf": [{"$ref": "#/$defs/Id"}, {"type": "null"}]},
-                "other": {"$ref": "#/$defs/Missing"},
+                "short": {"$ref": "#/$defs/Id", "maxLength": 3},
+                "list": {"type": "array", "items": {"$ref": "#/$defs/Id"}},
             },
         });
         let Value::Object(schema) = schema else {
             unreachable!()
         };
-        let got = Value::Object(contract_schema(&schema));
+        let id = serde_json::json!({"type": "string", "description": "an id"});
         assert_eq!(
-            got,
+            Value::Object(contract_schema(&schema)),
             serde_json::json!({
                 "properties": {
                     "pair": {
                         "type": "object",
                         "description": "the pair",
-                        "properties": {"a": {"type": "string", "description": "an id"}},
+                        "properties": {"a": id},
                     },
-                    "maybe": {"anyOf": [{"type": "string", "description": "an id"}, {"type": "null"}]},
-                    "other": {"$ref": "#/$defs/Missing"},
+                    "maybe": {"anyOf": [id, {"type": "null"}]},
+                    "short": {"maxLength": 3, "allOf": [id]},
+                    "list": {"type": "array", "items": id},
                 },
             })
         );
+    }
+
+    /// A recursive type, or a reference to nothing defined, leaves the schema as it was (with
+    /// its `$defs`, so every reference still resolves), and the inlining ends.
+    #[test]
+    fn a_schema_that_cannot_be_one_tree_keeps_its_definitions() {
+        for schema in [
+            serde_json::json!({
+                "$defs": {"Node": {"type": "object", "properties": {
+                    "next": {"anyOf": [{"$ref": "#/$defs/Node"}, {"type": "null"}]},
+                }}},
+                "properties": {"head": {"$ref": "#/$defs/Node"}},
+            }),
+            serde_json::json!({
+                "$defs": {"Id": {"type": "string"}},
+                "properties": {"a": {"$ref": "#/$defs/Id"}, "b": {"$ref": "#/$defs/Missing"}},
+            }),
+            serde_json::json!({"properties": {"a": {"$ref": 7}}}),
+        ] {
+            let Value::Object(map) = &schema else {
+                unreachable!()
+            };
+            assert_eq!(Value::Object(contract_schema(map)), schema);
+        }
     }
 }
