@@ -420,7 +420,9 @@ impl Engine {
             let as_of = Utc::now();
             self.authorize(caller, PolicyAction::Read, &identity)?;
             let findings = evaluate(&identity, &self.thresholds, as_of);
+            // At most one open proposal per (action, credential): the limit is never reached.
             let filter = ProposalFilter {
+                open: true,
                 identity_id: Some(id.clone()),
                 ..Default::default()
             };
@@ -429,7 +431,6 @@ impl Engine {
                 .list_proposals(&filter, 1000)
                 .await?
                 .into_iter()
-                .filter(|p| p.status.is_open())
                 .map(|p| OpenProposal {
                     id: p.body.id.to_string(),
                     action: p.body.action.as_str().to_owned(),

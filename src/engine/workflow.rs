@@ -764,6 +764,7 @@ impl Engine {
         let after = cursor::decode(q.cursor.as_deref(), &hash)?;
         let filter = ProposalFilter {
             status: q.status,
+            open: false,
             identity_id: q.identity_id.clone(),
             after,
         };

@@ -52,6 +52,8 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 #[derive(Debug, Default, Clone)]
 pub struct ProposalFilter {
     pub status: Option<ProposalStatus>,
+    /// Only open proposals (pending approval, approved or applying).
+    pub open: bool,
     pub identity_id: Option<IdentityId>,
     /// Only proposals whose id sorts after this one (keyset paging).
     pub after: Option<String>,
@@ -145,6 +147,10 @@ impl Store {
         let mut query = sqlx::QueryBuilder::new("SELECT id FROM proposals WHERE 1 = 1");
         if let Some(status) = filter.status {
             query.push(" AND status = ").push_bind(status.as_str());
+        }
+        if filter.open {
+            // The same literal list as the partial index `proposals_one_open`.
+            query.push(" AND status IN ('pending_approval', 'approved', 'applying')");
         }
         if let Some(identity) = &filter.identity_id {
             query
@@ -767,6 +773,74 @@ mod tests {
         let records = store.audit_records().await.expect("records");
         assert_eq!(records.len(), 2);
         assert!(crate::audit::verify(&records).is_ok());
+    }
+
+    /// The open proposals of an identity are found however many closed ones it has: the
+    /// filter is in the query, not applied to the first page of its whole history.
+    #[tokio::test]
+    async fn open_proposals_are_found_behind_any_number_of_closed_ones() {
+        use crate::model::proposal::Action;
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(&DatabaseConfig::Sqlite(dir.path().join("nhi.db")))
+            .await
+            .expect("store");
+        let now = Utc::now();
+        let identity = crate::model::identity::sample(now);
+        let proposal = |n: usize, status: ProposalStatus| {
+            let body = ProposalBody {
+                id: ProposalId::parse(&format!("prop_{n:032x}")).expect("id"),
+                action: Action::Rotate,
+                identity_id: identity.id.clone(),
+                credential_id: None,
+                snapshot: identity.clone(),
+                snapshot_fingerprint: identity.fingerprint(),
+                grace_period_secs: 0,
+                reason: "test".to_owned(),
+                plan: Vec::new(),
+                blast_radius: None,
+                requester: "agent:test".to_owned(),
+                required_approvals: 1,
+                created_at: now,
+                approval_deadline: now,
+            };
+            Proposal {
+                digest: body.digest(),
+                body,
+                status,
+                deadline: now,
+                approvals: Vec::new(),
+                execution: Vec::new(),
+                outcome: None,
+                sink_ref: None,
+                next_step_at: None,
+                updated_at: now,
+            }
+        };
+        let mut tx = store.begin().await.expect("begin");
+        for n in 0..5 {
+            tx.insert_proposal(&proposal(n, ProposalStatus::Rejected))
+                .await
+                .expect("closed");
+        }
+        tx.insert_proposal(&proposal(9, ProposalStatus::PendingApproval))
+            .await
+            .expect("open");
+        tx.commit().await.expect("commit");
+        let open = ProposalFilter {
+            open: true,
+            identity_id: Some(identity.id.clone()),
+            ..Default::default()
+        };
+        // A limit smaller than the closed history, as 1,000 is for an identity with more.
+        let got = store.list_proposals(&open, 3).await.expect("open ones");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].body.id.as_str(), format!("prop_{:032x}", 9));
+        let all = ProposalFilter {
+            identity_id: Some(identity.id.clone()),
+            ..Default::default()
+        };
+        let first = store.list_proposals(&all, 3).await.expect("all");
+        assert!(first.iter().all(|p| !p.status.is_open()));
     }
 
     #[test]
