@@ -31,8 +31,9 @@ impl Engine {
             serde_json::json!({"status": q.status.map(|s| s.as_str())}),
         );
         let result = async {
-            let mut page = self.proposals_page(q).await?;
-            page.items.retain(|p| self.may_decide(&caller, p));
+            let page = self
+                .proposals_where(q, |p| self.may_decide(&caller, p))
+                .await?;
             let ids: Vec<&str> = page.items.iter().map(|p| p.body.id.as_str()).collect();
             self.audit
                 .append(caller.entry(Decision::Allow).outcome(format!(

@@ -489,3 +489,69 @@ async fn a_file_swapped_under_concurrent_lists_is_seen_whole() {
     );
     engine.store().close().await;
 }
+
+/// `list_proposals` pages are full for a caller who may not see every proposal: the hidden
+/// ones are skipped, not left as holes, and the cursor walk gives every visible proposal once,
+/// in id order.
+#[tokio::test]
+async fn proposal_pages_are_full_when_some_proposals_are_hidden() {
+    use crate::model::ProposalStatus;
+    use crate::model::proposal::sample;
+    use crate::store::ProposalFilter;
+
+    let dir = tempfile::tempdir().unwrap();
+    // Environments prod, dev, staging in turn, owners never team-1: `agent:limited` reads a
+    // third of them.
+    let specs: Vec<Spec> = (0..12)
+        .map(|n| (0, Some(1), Some(n % 3), 10, Some(1), vec![5], false))
+        .collect();
+    let engine = engine(
+        dir.path(),
+        &inventory(&specs, "user"),
+        &inventory(&specs, "role"),
+    )
+    .await;
+    let all = Principal::new("agent:all", [Scope::Read]);
+    let limited = Principal::new("agent:limited", [Scope::Read]);
+    let identities = readable(
+        &engine,
+        &Caller::new(&all, "list", serde_json::Value::Null),
+        None,
+    )
+    .await;
+    // Proposals in identity order, so visible and hidden ones alternate in id order too.
+    let mut tx = engine.store().begin().await.unwrap();
+    for (n, identity) in identities.iter().enumerate() {
+        tx.insert_proposal(&sample(n as u128, identity, ProposalStatus::Rejected))
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let visible: Vec<String> = engine
+        .store()
+        .list_proposals(&ProposalFilter::default(), 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.body.snapshot.environment.as_deref() == Some("prod"))
+        .map(|p| p.body.id.to_string())
+        .collect();
+    assert_eq!(visible.len(), 8);
+    let caller = Caller::new(&limited, "list_proposals", serde_json::Value::Null);
+    let mut seen = Vec::new();
+    let mut q = super::ProposalQuery {
+        limit: Some(1),
+        ..Default::default()
+    };
+    loop {
+        let page = engine.list_proposals(&caller, q.clone()).await.unwrap();
+        assert_eq!(page.items.len(), 1, "a page with a hole after {seen:?}");
+        seen.extend(page.items.iter().map(|p| p.body.id.to_string()));
+        match page.next_cursor {
+            Some(c) => q.cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, visible);
+    engine.store().close().await;
+}

@@ -746,9 +746,9 @@ impl Engine {
     ) -> Result<Page<Proposal>> {
         self.require(caller, Scope::Read).await?;
         let result = async {
-            let mut page = self.proposals_page(&q).await?;
-            page.items
-                .retain(|p| self.may_read(caller, &p.body.snapshot));
+            let page = self
+                .proposals_where(&q, |p| self.may_read(caller, &p.body.snapshot))
+                .await?;
             self.audit_read(caller, format!("{} proposals", page.items.len()))
                 .await?;
             Ok(page)
@@ -759,16 +759,37 @@ impl Engine {
 
     /// A page of proposals without a caller: for the admin CLI.
     pub async fn proposals_page(&self, q: &ProposalQuery) -> Result<Page<Proposal>> {
+        self.proposals_where(q, |_| true).await
+    }
+
+    /// A page of the proposals `q` selects that `keep` keeps: the store is read a page at a
+    /// time after the cursor until the page is full or nothing is left, so a caller who may
+    /// not see some proposals still gets full pages, and the cursor points after the last
+    /// proposal it was shown.
+    pub(super) async fn proposals_where(
+        &self,
+        q: &ProposalQuery,
+        keep: impl Fn(&Proposal) -> bool,
+    ) -> Result<Page<Proposal>> {
         let limit = cursor::check_limit(q.limit)?;
         let hash = cursor::query_hash(q);
-        let after = cursor::decode(q.cursor.as_deref(), &hash)?;
-        let filter = ProposalFilter {
+        let mut filter = ProposalFilter {
             status: q.status,
             open: false,
             identity_id: q.identity_id.clone(),
-            after,
+            after: cursor::decode(q.cursor.as_deref(), &hash)?,
         };
-        let mut items = self.store.list_proposals(&filter, limit as u32 + 1).await?;
+        let batch = u32::try_from(limit + 1).unwrap_or(u32::MAX);
+        let mut items = Vec::with_capacity(limit + 1);
+        loop {
+            let read = self.store.list_proposals(&filter, batch).await?;
+            let exhausted = read.len() < limit + 1;
+            filter.after = read.last().map(|p| p.body.id.to_string());
+            items.extend(read.into_iter().filter(|p| keep(p)));
+            if items.len() > limit || exhausted {
+                break;
+            }
+        }
         let next_cursor =
             (items.len() > limit).then(|| cursor::encode(items[limit - 1].body.id.as_str(), &hash));
         items.truncate(limit);

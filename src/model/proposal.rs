@@ -241,6 +241,40 @@ impl Proposal {
     }
 }
 
+/// A test proposal `prop_<n as 32 hex digits>` to rotate `identity`, in `status`.
+#[cfg(test)]
+pub(crate) fn sample(n: u128, identity: &Identity, status: ProposalStatus) -> Proposal {
+    let now = identity.created_at;
+    let body = ProposalBody {
+        id: ProposalId::parse(&format!("prop_{n:032x}")).expect("id"),
+        action: Action::Rotate,
+        identity_id: identity.id.clone(),
+        credential_id: None,
+        snapshot: identity.clone(),
+        snapshot_fingerprint: identity.fingerprint(),
+        grace_period_secs: 0,
+        reason: "test".to_owned(),
+        plan: Vec::new(),
+        blast_radius: None,
+        requester: "agent:test".to_owned(),
+        required_approvals: 1,
+        created_at: now,
+        approval_deadline: now,
+    };
+    Proposal {
+        digest: body.digest(),
+        body,
+        status,
+        deadline: now,
+        approvals: Vec::new(),
+        execution: Vec::new(),
+        outcome: None,
+        sink_ref: None,
+        next_step_at: None,
+        updated_at: now,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

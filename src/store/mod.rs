@@ -779,43 +779,13 @@ mod tests {
     /// filter is in the query, not applied to the first page of its whole history.
     #[tokio::test]
     async fn open_proposals_are_found_behind_any_number_of_closed_ones() {
-        use crate::model::proposal::Action;
+        use crate::model::proposal::sample;
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(&DatabaseConfig::Sqlite(dir.path().join("nhi.db")))
             .await
             .expect("store");
-        let now = Utc::now();
-        let identity = crate::model::identity::sample(now);
-        let proposal = |n: usize, status: ProposalStatus| {
-            let body = ProposalBody {
-                id: ProposalId::parse(&format!("prop_{n:032x}")).expect("id"),
-                action: Action::Rotate,
-                identity_id: identity.id.clone(),
-                credential_id: None,
-                snapshot: identity.clone(),
-                snapshot_fingerprint: identity.fingerprint(),
-                grace_period_secs: 0,
-                reason: "test".to_owned(),
-                plan: Vec::new(),
-                blast_radius: None,
-                requester: "agent:test".to_owned(),
-                required_approvals: 1,
-                created_at: now,
-                approval_deadline: now,
-            };
-            Proposal {
-                digest: body.digest(),
-                body,
-                status,
-                deadline: now,
-                approvals: Vec::new(),
-                execution: Vec::new(),
-                outcome: None,
-                sink_ref: None,
-                next_step_at: None,
-                updated_at: now,
-            }
-        };
+        let identity = crate::model::identity::sample(Utc::now());
+        let proposal = |n, status| sample(n, &identity, status);
         let mut tx = store.begin().await.expect("begin");
         for n in 0..5 {
             tx.insert_proposal(&proposal(n, ProposalStatus::Rejected))
