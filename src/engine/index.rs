@@ -73,6 +73,9 @@ impl Entry {
         if reads.len() >= READS_KEPT {
             reads.remove(0);
         }
+        // Most identities are read by one or two principals: room for one more at a time,
+        // not the four a first `push` would make.
+        reads.reserve_exact(1);
         reads.push((Arc::clone(key), allowed));
         allowed
     }

@@ -2,7 +2,7 @@
 //! documents it. Times are RFC 3339 or relative to today's UTC midnight (`-30d`, `+7d`, `-6h`),
 //! so that a demo inventory does not age.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveTime, TimeDelta, Utc};
 use serde::Deserialize;
@@ -22,11 +22,70 @@ pub struct InventoryError {
     pub message: String,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawInventory {
-    #[serde(default)]
-    identities: Vec<RawIdentity>,
+/// The top level of a file, `identities` (optional) and nothing else, read one identity at a
+/// time: each is handed to `each` as soon as it is parsed, so the parser's temporary strings
+/// and maps for one identity are freed (and reused by the next) instead of the whole file's
+/// being held until the end and freed as holes between the identities kept.
+struct Streamed<'f, F>(&'f mut F);
+
+impl<'de, F: FnMut(RawIdentity) -> bool> serde::de::DeserializeSeed<'de> for Streamed<'_, F> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_struct("RawInventory", &["identities"], self)
+    }
+}
+
+impl<'de, F: FnMut(RawIdentity) -> bool> serde::de::Visitor<'de> for Streamed<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("struct RawInventory")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        use serde::de::Error as _;
+        let mut seen = false;
+        while let Some(key) = map.next_key::<String>()? {
+            if key != "identities" {
+                return Err(A::Error::unknown_field(&key, &["identities"]));
+            }
+            if std::mem::replace(&mut seen, true) {
+                return Err(A::Error::duplicate_field("identities"));
+            }
+            map.next_value_seed(Identities(&mut *self.0))?;
+        }
+        Ok(())
+    }
+}
+
+/// The `identities` array, element by element; `each` answers `false` to stop at an
+/// identity it refused (it keeps the reason).
+struct Identities<'f, F>(&'f mut F);
+
+impl<'de, F: FnMut(RawIdentity) -> bool> serde::de::DeserializeSeed<'de> for Identities<'_, F> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, F: FnMut(RawIdentity) -> bool> serde::de::Visitor<'de> for Identities<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a sequence")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(raw) = seq.next_element::<RawIdentity>()? {
+            if !(self.0)(raw) {
+                return Err(serde::de::Error::custom("refused"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Deserialize)]
@@ -83,77 +142,125 @@ pub fn parse_inventory(
     let err = |message: String| InventoryError {
         message: one_line(&format!("inventory {origin}: {message}"), MAX_MESSAGE_CHARS),
     };
-    let raw: RawInventory = if json {
-        serde_json::from_str(text).map_err(|e| err(format!("line {}: {e}", e.line())))?
-    } else {
-        toml::from_str(text).map_err(|e| err(crate::config::toml_error_line(text, &e)))?
-    };
     let anchor = Utc::now().date_naive().and_time(NaiveTime::MIN).and_utc();
-    let mut seen_ids = BTreeSet::new();
-    let mut seen_creds = BTreeSet::new();
-    let mut out = Vec::with_capacity(raw.identities.len());
-    for r in raw.identities {
-        let at = format!("identity {}", quote_input(&r.native_id));
-        let id = IdentityId::new(name, &r.native_id).map_err(|e| err(format!("{at}: {}", e.0)))?;
-        if !seen_ids.insert(id.clone()) {
-            return Err(err(format!("{at}: `native_id` is used twice")));
+    let mut out = Vec::new();
+    let mut refused: Option<InventoryError> = None;
+    let mut each = |r: RawIdentity| match identity(name, r, anchor, &err) {
+        Ok(identity) => {
+            out.push(identity);
+            true
         }
-        let time = |key: &str, raw: &str| {
-            parse_time(raw, anchor).map_err(|m| err(format!("{at}: `{key}`: {m}")))
-        };
-        let mut credentials = Vec::with_capacity(r.credentials.len());
-        for c in r.credentials {
-            let cid = CredentialId::parse(&c.id).map_err(|e| err(format!("{at}: {}", e.0)))?;
-            if !seen_creds.insert(cid.clone()) {
-                return Err(err(format!("{at}: credential `{cid}` is listed twice")));
-            }
-            credentials.push(Credential {
-                id: cid,
-                kind: c.kind,
-                created_at: time("credentials.created_at", &c.created_at)?,
-                last_used_at: c
-                    .last_used_at
-                    .map(|t| time("credentials.last_used_at", &t))
-                    .transpose()?,
-                expires_at: c
-                    .expires_at
-                    .map(|t| time("credentials.expires_at", &t))
-                    .transpose()?,
-                status: c.status,
-            });
+        Err(e) => {
+            refused = Some(e);
+            false
         }
-        let wildcard = r
-            .permissions
-            .wildcard
-            .unwrap_or_else(|| r.permissions.grants.iter().any(|g| g.contains('*')));
-        out.push(Identity {
-            provider: name.to_string(),
-            native_id: r.native_id,
-            kind: r.kind,
-            name: r.name,
-            owner: r.owner.filter(|o| !o.trim().is_empty()),
-            purpose: r.purpose,
-            environment: r.environment,
-            used_in_environments: r.used_in_environments,
-            tags: r.tags.into(),
-            created_at: time("created_at", &r.created_at)?,
-            last_used_at: r
-                .last_used_at
-                .map(|t| time("last_used_at", &t))
-                .transpose()?,
-            disabled: false,
-            credentials,
-            permissions: Permissions {
-                privileged: r.permissions.privileged,
-                wildcard,
-                summary: r.permissions.summary,
-                grants: r.permissions.grants,
-            },
-            id,
-        });
+    };
+    let parsed = if json {
+        use serde::de::DeserializeSeed as _;
+        let mut de = serde_json::Deserializer::from_str(text);
+        Streamed(&mut each)
+            .deserialize(&mut de)
+            .and_then(|()| de.end())
+            .map_err(|e| format!("line {}: {e}", e.line()))
+    } else {
+        use serde::de::DeserializeSeed as _;
+        Streamed(&mut each)
+            .deserialize(toml::Deserializer::new(text))
+            .map_err(|e| crate::config::toml_error_line(text, &e))
+    };
+    if let Some(e) = refused {
+        return Err(e);
     }
+    parsed.map_err(err)?;
+    // Ids and credential ids are unique in the file: checked once everything is read, with a
+    // set of borrowed ids (one allocation, freed whole) rather than a copy of each.
+    let mut ids = std::collections::HashSet::with_capacity(out.len());
+    let mut creds = std::collections::HashSet::new();
+    for i in &out {
+        let at = || format!("identity {}", quote_input(&i.native_id));
+        if !ids.insert(i.id.as_str()) {
+            return Err(err(format!("{}: `native_id` is used twice", at())));
+        }
+        for c in &i.credentials {
+            if !creds.insert(c.id.as_str()) {
+                return Err(err(format!(
+                    "{}: credential `{}` is listed twice",
+                    at(),
+                    c.id
+                )));
+            }
+        }
+    }
+    drop((ids, creds));
+    out.shrink_to_fit();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
+}
+
+/// One identity from the file, checked and converted.
+fn identity(
+    name: &ProviderName,
+    r: RawIdentity,
+    anchor: DateTime<Utc>,
+    err: &impl Fn(String) -> InventoryError,
+) -> Result<Identity, InventoryError> {
+    // Named in errors only: built when one is.
+    let at = || format!("identity {}", quote_input(&r.native_id));
+    let id = IdentityId::new(name, &r.native_id).map_err(|e| err(format!("{}: {}", at(), e.0)))?;
+    let time = |key: &str, raw: &str| {
+        parse_time(raw, anchor).map_err(|m| err(format!("{}: `{key}`: {m}", at())))
+    };
+    let mut credentials = Vec::with_capacity(r.credentials.len());
+    for c in &r.credentials {
+        credentials.push(Credential {
+            id: CredentialId::parse(&c.id).map_err(|e| err(format!("{}: {}", at(), e.0)))?,
+            kind: c.kind,
+            created_at: time("credentials.created_at", &c.created_at)?,
+            last_used_at: c
+                .last_used_at
+                .as_deref()
+                .map(|t| time("credentials.last_used_at", t))
+                .transpose()?,
+            expires_at: c
+                .expires_at
+                .as_deref()
+                .map(|t| time("credentials.expires_at", t))
+                .transpose()?,
+            status: c.status,
+        });
+    }
+    let created_at = time("created_at", &r.created_at)?;
+    let last_used_at = r
+        .last_used_at
+        .as_deref()
+        .map(|t| time("last_used_at", t))
+        .transpose()?;
+    let wildcard = r
+        .permissions
+        .wildcard
+        .unwrap_or_else(|| r.permissions.grants.iter().any(|g| g.contains('*')));
+    Ok(Identity {
+        provider: name.to_string(),
+        native_id: r.native_id,
+        kind: r.kind,
+        name: r.name,
+        owner: r.owner.filter(|o| !o.trim().is_empty()),
+        purpose: r.purpose,
+        environment: r.environment,
+        used_in_environments: r.used_in_environments,
+        tags: r.tags.into(),
+        created_at,
+        last_used_at,
+        disabled: false,
+        credentials,
+        permissions: Permissions {
+            privileged: r.permissions.privileged,
+            wildcard,
+            summary: r.permissions.summary,
+            grants: r.permissions.grants,
+        },
+        id,
+    })
 }
 
 /// Parses a time from the file: RFC 3339, or `+`/`-` digits and `d` or `h` relative to `anchor`.
@@ -237,6 +344,55 @@ mod tests {
             .unwrap_err()
             .message;
         assert!(e.contains("inv.json") && e.contains("line 1"), "{e}");
+    }
+
+    /// Issue 9 reads a file one identity at a time: the file-level checks are still made, and
+    /// an identity refused in the middle of a file is the error, not the reader's stop.
+    #[test]
+    fn a_file_read_identity_by_identity_is_checked_as_a_whole() {
+        let one = |id: &str, key: &str| {
+            format!(
+                r#"{{"native_id": "{id}", "kind": "service_user", "name": "n", "created_at": "-1d", "permissions": {{}}, "credentials": [{{"id": "{key}", "kind": "access_key", "created_at": "-1d", "status": "active"}}]}}"#
+            )
+        };
+        let file = |items: &[String]| format!(r#"{{"identities": [{}]}}"#, items.join(","));
+        let parse = |text: &str| parse_inventory(&name(), text, "inv.json", true);
+
+        let ok = parse(&file(&[one("b", "K2"), one("a", "K1")])).expect("parses");
+        let ids: Vec<&str> = ok.iter().map(|i| i.native_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert!(parse("{}").expect("no identities").is_empty());
+
+        let e = parse(&file(&[one("a", "K1"), one("b", "K2"), one("a", "K3")]))
+            .unwrap_err()
+            .message;
+        assert!(e.contains("identity `a`") && e.contains("used twice"), "{e}");
+        let e = parse(&file(&[one("a", "K1"), one("b", "K1")]))
+            .unwrap_err()
+            .message;
+        assert!(
+            e.contains("identity `b`") && e.contains("`K1` is listed twice"),
+            "{e}"
+        );
+        let e = parse(&file(&[one("a", "K1"), one("b", "-K 2"), one("c", "K3")]))
+            .unwrap_err()
+            .message;
+        assert!(e.contains("identity `b`") && e.contains("space"), "{e}");
+        assert!(!e.contains("refused"), "{e}");
+        let e = parse(r#"{"identities": [], "extra": 1}"#)
+            .unwrap_err()
+            .message;
+        assert!(e.contains("unknown field `extra`"), "{e}");
+        let e = parse(r#"{"identities": [], "identities": []}"#)
+            .unwrap_err()
+            .message;
+        assert!(e.contains("duplicate field `identities`"), "{e}");
+        let e = parse(r#"{"identities": []} trailing"#).unwrap_err().message;
+        assert!(e.contains("trailing"), "{e}");
+        let e = parse_inventory(&name(), "colour = 1\n", "inv.toml", false)
+            .unwrap_err()
+            .message;
+        assert!(e.contains("line 1") && e.contains("colour"), "{e}");
     }
 
     /// Every string field of one identity, by its path in the document.
