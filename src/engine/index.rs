@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use chrono::{DateTime, Duration, Utc};
 
 use crate::model::finding::evaluate;
-use crate::model::{FindingRule, Identity, IdentityId, IdentityKind, Severity, Thresholds};
+use crate::model::{
+    CredentialId, Finding, FindingRule, Identity, IdentityId, IdentityKind, Severity, Thresholds,
+};
 
 /// One identity in the index, with the rules of its findings as last computed.
 #[derive(Debug)]
@@ -160,10 +162,12 @@ pub(super) struct Snapshot {
 pub(super) struct Potential {
     /// `3 - severity`: the first part of the findings order (most severe first).
     pub rank: u8,
-    /// The finding's id: the second part.
-    pub id: String,
     pub rule: FindingRule,
     pub severity: Severity,
+    /// The credential the finding is about, by its position in the identity's credentials.
+    /// With the rule and the identity it makes the finding's id, the second part of the order
+    /// (see [`Potential::id`]), which is compared where it is needed rather than kept.
+    pub credential: Option<u32>,
     /// From this instant on; `None`: for the identity version.
     pub start: Option<DateTime<Utc>>,
     /// The identity's position in the snapshot.
@@ -171,6 +175,34 @@ pub(super) struct Potential {
 }
 
 impl Potential {
+    /// The finding's id, `<rule>:<identity id>[:<credential id>]` as `evaluate` makes it, byte
+    /// by byte; `identity` is the one at `entry`.
+    pub fn id<'i>(&self, identity: &'i Identity) -> impl Iterator<Item = u8> + Clone + 'i {
+        let credential = self.credential_of(identity).map(|c| c.as_str());
+        self.rule
+            .slug()
+            .bytes()
+            .chain(std::iter::once(b':'))
+            .chain(identity.id.as_str().bytes())
+            .chain(
+                credential
+                    .into_iter()
+                    .flat_map(|c| std::iter::once(b':').chain(c.bytes())),
+            )
+    }
+
+    /// Whether `finding` (of `identity`, the one at `entry`) is this one: same rule, same
+    /// credential, which is what the id says.
+    pub fn is(&self, finding: &Finding, identity: &Identity) -> bool {
+        finding.rule == self.rule && finding.credential_id.as_ref() == self.credential_of(identity)
+    }
+
+    fn credential_of<'i>(&self, identity: &'i Identity) -> Option<&'i CredentialId> {
+        self.credential
+            .and_then(|c| identity.credentials.get(c as usize))
+            .map(|c| &c.id)
+    }
+
     pub fn holds_at(&self, now: DateTime<Utc>) -> bool {
         self.start.is_none_or(|s| s <= now)
     }
@@ -245,11 +277,15 @@ pub(super) fn potential_findings(
                 ),
                 _ => None,
             };
+            let credential = f.credential_id.as_ref().and_then(|id| {
+                let at = identity.credentials.iter().position(|c| &c.id == id)?;
+                u32::try_from(at).ok()
+            });
             Potential {
                 rank: 3 - f.severity as u8,
                 rule: f.rule,
                 severity: f.severity,
-                id: f.id,
+                credential,
                 start,
                 entry,
             }
@@ -316,7 +352,12 @@ impl Snapshot {
                 .enumerate()
                 .flat_map(|(at, e)| potential_findings(&e.identity, thresholds, at))
                 .collect();
-            all.sort_by(|a, b| (a.rank, a.id.as_str()).cmp(&(b.rank, b.id.as_str())));
+            let identity = |p: &Potential| &*self.entries[p.entry].identity;
+            all.sort_by(|a, b| {
+                a.rank
+                    .cmp(&b.rank)
+                    .then_with(|| a.id(identity(a)).cmp(b.id(identity(b))))
+            });
             all
         })
     }
@@ -328,7 +369,9 @@ impl Snapshot {
         after: Option<&str>,
     ) -> Box<dyn Iterator<Item = (&'s Snapshot, &'s Potential)> + Send + 's> {
         let all = self.findings(thresholds);
-        let start = after.map_or(0, |a| all.partition_point(|p| !key_after(p.rank, &p.id, a)));
+        let start = after.map_or(0, |a| {
+            all.partition_point(|p| !key_after(p.rank, p.id(&self.entries[p.entry].identity), a))
+        });
         Box::new(all[start..].iter().map(move |p| (self, p)))
     }
 
@@ -374,6 +417,18 @@ impl Snapshot {
         }
         kept.push((Arc::clone(key), Arc::clone(&visible)));
         visible
+    }
+
+    /// Whether this snapshot's potential finding `a` comes before `b` of `other` in the
+    /// findings order: rank, then id.
+    pub fn before(&self, a: &Potential, other: &Snapshot, b: &Potential) -> bool {
+        match a.rank.cmp(&b.rank) {
+            std::cmp::Ordering::Equal => match (self.entry(a.entry), other.entry(b.entry)) {
+                (Some(x), Some(y)) => a.id(&x.identity).lt(b.id(&y.identity)),
+                _ => false,
+            },
+            order => order.is_lt(),
+        }
     }
 
     pub fn entry(&self, at: usize) -> Option<&Arc<Entry>> {
@@ -442,8 +497,8 @@ impl Snapshot {
 }
 
 /// Whether `<rank>|<id>` (the findings cursor's key) sorts after `after`, without building it.
-pub(super) fn key_after(rank: u8, id: &str, after: &str) -> bool {
-    let key = [b'0' + rank, b'|'].into_iter().chain(id.bytes());
+pub(super) fn key_after(rank: u8, id: impl Iterator<Item = u8>, after: &str) -> bool {
+    let key = [b'0' + rank, b'|'].into_iter().chain(id);
     key.cmp(after.bytes()) == std::cmp::Ordering::Greater
 }
 
@@ -622,17 +677,20 @@ mod tests {
                 prop_assert!(valid_until(&i, now) > now);
                 // The potential findings that hold at `now` are exactly the findings then, in
                 // the findings order.
-                let mut want: Vec<(u8, &str, Severity)> = fresh
+                let mut want: Vec<(u8, String, Severity)> = fresh
                     .iter()
-                    .map(|f| (3 - f.severity as u8, f.id.as_str(), f.severity))
+                    .map(|f| (3 - f.severity as u8, f.id.clone(), f.severity))
                     .collect();
                 want.sort();
                 let potential = potential_findings(&i, &thresholds, 0);
-                let mut got: Vec<(u8, &str, Severity)> = potential
+                let mut got: Vec<(u8, String, Severity)> = potential
                     .iter()
                     .filter(|p| p.holds_at(now))
-                    .map(|p| (p.rank, p.id.as_str(), p.severity))
+                    .map(|p| (p.rank, String::from_utf8(p.id(&i).collect()).unwrap(), p.severity))
                     .collect();
+                for p in potential.iter().filter(|p| p.holds_at(now)) {
+                    prop_assert!(fresh.iter().filter(|f| p.is(f, &i)).count() == 1);
+                }
                 got.sort();
                 prop_assert_eq!(got, want);
             }

@@ -205,7 +205,7 @@ fn scan_findings(
         total += 1;
         *by_severity.entry(severity_name(f.severity)).or_default() += 1;
         *by_owasp_id.entry(f.owasp_id.as_str()).or_default() += 1;
-        if after.is_none_or(|after| key_after(rank(f), &f.id, after)) {
+        if after.is_none_or(|after| key_after(rank(f), f.id.bytes(), after)) {
             rest.push(f);
         }
     }
@@ -497,9 +497,7 @@ impl Engine {
             .map(|s| s.findings_after(&self.thresholds, after).peekable())
             .collect();
         let mut items: Vec<Finding> = Vec::with_capacity(limit + 1);
-        let ordered = index::merge_by(walks, |(_, a), (_, b)| {
-            (a.rank, a.id.as_str()) < (b.rank, b.id.as_str())
-        });
+        let ordered = index::merge_by(walks, |(sa, a), (sb, b)| sa.before(a, sb, b));
         for (snapshot, p) in ordered {
             if !rule_wanted(q, p.severity, p.rule) || !p.holds_at(now) {
                 continue;
@@ -514,7 +512,7 @@ impl Engine {
             // identities a page shows, not kept for all.
             if let Some(f) = evaluate(&entry.identity, &self.thresholds, now)
                 .into_iter()
-                .find(|f| f.id == p.id)
+                .find(|f| p.is(f, &entry.identity))
             {
                 items.push(f);
             }

@@ -366,7 +366,10 @@ mod tests {
         let e = parse(&file(&[one("a", "K1"), one("b", "K2"), one("a", "K3")]))
             .unwrap_err()
             .message;
-        assert!(e.contains("identity `a`") && e.contains("used twice"), "{e}");
+        assert!(
+            e.contains("identity `a`") && e.contains("used twice"),
+            "{e}"
+        );
         let e = parse(&file(&[one("a", "K1"), one("b", "K1")]))
             .unwrap_err()
             .message;
