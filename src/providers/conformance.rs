@@ -255,8 +255,16 @@ mod tests {
             .send()
             .await
             .expect("attach to role");
+        // A user outside the provider's path is not found, as in a list.
+        iam.create_user()
+            .user_name(format!("conf-outside-{tag}"))
+            .send()
+            .await
+            .expect("user outside the path");
         let name = ProviderName::parse("aws").expect("name");
         let p = AwsIamProvider::new(name, &sdk, TagKeys::default(), Some(path));
+        let outside = IdentityId::parse(&format!("aws:user/conf-outside-{tag}")).expect("id");
+        assert!(p.get(&outside).await.expect("get").is_none());
         let listed = p.list().await.expect("list");
         assert_eq!(listed.len(), 4, "three users and a role");
         for identity in &listed {

@@ -225,7 +225,7 @@ impl Provider for AwsIamProvider {
         } else {
             return Ok(None);
         };
-        if name.is_empty() || name.contains('/') {
+        if !read::iam_name(name) {
             return Ok(None);
         }
         // The entity, its policies, its groups' policies and the customer-managed documents
@@ -295,11 +295,27 @@ impl Provider for AwsIamProvider {
     async fn capabilities(&self) -> Result<Vec<String>, ProviderError> {
         let arn = self.caller_arn().await?;
         let mut lines = vec![format!("runs as {arn} (never changed by nhi-mcp)")];
-        const ACTIONS: [&str; 8] = [
+        // To list; to read one identity (`get`: the user or role, its policies, its groups'
+        // policies, customer-managed documents); to rotate and revoke.
+        const ACTIONS: [&str; 22] = [
             "iam:GetAccountAuthorizationDetails",
             "iam:ListAccessKeys",
             "iam:GetAccessKeyLastUsed",
             "iam:GetLoginProfile",
+            "iam:GetUser",
+            "iam:ListAttachedUserPolicies",
+            "iam:ListUserPolicies",
+            "iam:GetUserPolicy",
+            "iam:ListGroupsForUser",
+            "iam:ListAttachedGroupPolicies",
+            "iam:ListGroupPolicies",
+            "iam:GetGroupPolicy",
+            "iam:GetPolicy",
+            "iam:GetPolicyVersion",
+            "iam:GetRole",
+            "iam:ListAttachedRolePolicies",
+            "iam:ListRolePolicies",
+            "iam:GetRolePolicy",
             "iam:CreateAccessKey",
             "iam:UpdateAccessKey",
             "iam:DeleteAccessKey",
@@ -417,6 +433,18 @@ mod tests {
         );
         let open = json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}}]});
         assert_eq!(trust_principals(&open), vec!["anyone (*)"]);
+    }
+
+    /// A name IAM could not hold is "not found" without a call (IAM would answer a
+    /// validation error, which is not "not found").
+    #[test]
+    fn only_names_iam_can_hold_are_asked_for() {
+        for ok in ["ci-deploy", "a", "svc+x=y,z.w@q_1", &"n".repeat(64)] {
+            assert!(read::iam_name(ok), "{ok}");
+        }
+        for bad in ["", "a/b", "x!y", "ünï", "a b", &"n".repeat(65)] {
+            assert!(!read::iam_name(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -68,6 +68,11 @@ impl AwsIamProvider {
             Err(e) if e.code() == Some("NoSuchEntity") => return Ok(None),
             Err(e) => return Err(self.sdk_err("GetUser", e)),
         };
+        // Out of the configured path: not this provider's, and not worth the calls below
+        // (which path-scoped permissions would refuse).
+        if !self.in_scope(Some(user.path())) {
+            return Ok(None);
+        }
         let attached = self
             .iam
             .list_attached_user_policies()
@@ -86,7 +91,7 @@ impl AwsIamProvider {
                 .send()
                 .try_collect()
                 .await
-                .map_err(|e| self.sdk_err("ListUserPolicies", e))?;
+                .map_err(|e| self.read_err("ListUserPolicies", e))?;
             let mut out = Vec::with_capacity(names.len());
             for policy in names {
                 let doc = self
@@ -96,7 +101,7 @@ impl AwsIamProvider {
                     .policy_name(&policy)
                     .send()
                     .await
-                    .map_err(|e| self.sdk_err("GetUserPolicy", e))?;
+                    .map_err(|e| self.read_err("GetUserPolicy", e))?;
                 out.push(inline_detail(policy, doc.policy_document));
             }
             Ok::<_, ProviderError>(out)
@@ -113,13 +118,13 @@ impl AwsIamProvider {
             async {
                 attached
                     .await
-                    .map_err(|e| self.sdk_err("ListAttachedUserPolicies", e))
+                    .map_err(|e| self.read_err("ListAttachedUserPolicies", e))
             },
             inline,
             async {
                 groups
                     .await
-                    .map_err(|e| self.sdk_err("ListGroupsForUser", e))
+                    .map_err(|e| self.read_err("ListGroupsForUser", e))
             },
         )
         .await?;
@@ -163,6 +168,9 @@ impl AwsIamProvider {
             Err(e) if e.code() == Some("NoSuchEntity") => return Ok(None),
             Err(e) => return Err(self.sdk_err("GetRole", e)),
         };
+        if !self.in_scope(Some(role.path())) {
+            return Ok(None);
+        }
         let attached: Vec<_> = self
             .iam
             .list_attached_role_policies()
@@ -172,7 +180,7 @@ impl AwsIamProvider {
             .send()
             .try_collect()
             .await
-            .map_err(|e| self.sdk_err("ListAttachedRolePolicies", e))?;
+            .map_err(|e| self.read_err("ListAttachedRolePolicies", e))?;
         let names: Vec<String> = self
             .iam
             .list_role_policies()
@@ -182,7 +190,7 @@ impl AwsIamProvider {
             .send()
             .try_collect()
             .await
-            .map_err(|e| self.sdk_err("ListRolePolicies", e))?;
+            .map_err(|e| self.read_err("ListRolePolicies", e))?;
         let mut inline = Vec::with_capacity(names.len());
         for policy in names {
             let doc = self
@@ -192,7 +200,7 @@ impl AwsIamProvider {
                 .policy_name(&policy)
                 .send()
                 .await
-                .map_err(|e| self.sdk_err("GetRolePolicy", e))?;
+                .map_err(|e| self.read_err("GetRolePolicy", e))?;
             inline.push(inline_detail(policy, doc.policy_document));
         }
         let mut details = Details::default();
@@ -220,6 +228,26 @@ impl AwsIamProvider {
         Ok(Some(details))
     }
 
+    /// An error of a call made after the identity itself was found: `NoSuchEntity` means
+    /// something it refers to (a group, a policy, the identity itself) was deleted meanwhile,
+    /// which a new read answers, so it is "unavailable", not final.
+    fn read_err<E: ProvideErrorMetadata>(
+        &self,
+        op: &str,
+        e: SdkError<E, HttpResponse>,
+    ) -> ProviderError {
+        if e.code() == Some("NoSuchEntity") {
+            ProviderError::Unavailable {
+                provider: self.name.to_string(),
+                message: format!(
+                    "{op}: something this identity refers to was deleted while it was read; read it again"
+                ),
+            }
+        } else {
+            self.sdk_err(op, e)
+        }
+    }
+
     /// One group's attached policies and inline documents.
     async fn group_policies(&self, group: &str) -> Result<GroupPolicies, ProviderError> {
         let managed: Vec<_> = self
@@ -231,7 +259,7 @@ impl AwsIamProvider {
             .send()
             .try_collect()
             .await
-            .map_err(|e| self.sdk_err("ListAttachedGroupPolicies", e))?;
+            .map_err(|e| self.read_err("ListAttachedGroupPolicies", e))?;
         let names: Vec<String> = self
             .iam
             .list_group_policies()
@@ -241,7 +269,7 @@ impl AwsIamProvider {
             .send()
             .try_collect()
             .await
-            .map_err(|e| self.sdk_err("ListGroupPolicies", e))?;
+            .map_err(|e| self.read_err("ListGroupPolicies", e))?;
         let mut inline = Vec::with_capacity(names.len());
         for policy in names {
             let doc = self
@@ -251,7 +279,7 @@ impl AwsIamProvider {
                 .policy_name(&policy)
                 .send()
                 .await
-                .map_err(|e| self.sdk_err("GetGroupPolicy", e))?;
+                .map_err(|e| self.read_err("GetGroupPolicy", e))?;
             inline.push(inline_detail(policy, doc.policy_document));
         }
         Ok(GroupPolicies {
@@ -279,7 +307,7 @@ impl AwsIamProvider {
                 .policy_arn(&arn)
                 .send()
                 .await
-                .map_err(|e| self.sdk_err("GetPolicy", e))?;
+                .map_err(|e| self.read_err("GetPolicy", e))?;
             let Some(version) = policy.policy().and_then(|p| p.default_version_id()) else {
                 continue;
             };
@@ -290,7 +318,7 @@ impl AwsIamProvider {
                 .version_id(version)
                 .send()
                 .await
-                .map_err(|e| self.sdk_err("GetPolicyVersion", e))?;
+                .map_err(|e| self.read_err("GetPolicyVersion", e))?;
             if let Some(doc) = doc
                 .policy_version()
                 .and_then(|v| v.document())
@@ -513,6 +541,15 @@ fn inline_detail(name: String, document: String) -> aws_sdk_iam::types::PolicyDe
         .policy_name(name)
         .policy_document(document)
         .build()
+}
+
+/// Whether `name` can be an IAM user or role name (1 to 64 of letters, digits and `+=,.@_-`):
+/// another cannot exist, and asking IAM about it is a validation error, not "not found".
+pub(super) fn iam_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
 }
 
 /// Whether `arn` names an AWS-managed policy (`arn:<partition>:iam::aws:policy/...`).
