@@ -45,11 +45,15 @@ impl<'de, F: FnMut(RawIdentity) -> bool> serde::de::Visitor<'de> for Streamed<'_
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         use serde::de::Error as _;
+        // A key other than `identities` is refused while it is read, so the parser puts its
+        // position (the line) on the error.
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "snake_case")]
+        enum Key {
+            Identities,
+        }
         let mut seen = false;
-        while let Some(key) = map.next_key::<String>()? {
-            if key != "identities" {
-                return Err(A::Error::unknown_field(&key, &["identities"]));
-            }
+        while let Some(Key::Identities) = map.next_key::<Key>()? {
             if std::mem::replace(&mut seen, true) {
                 return Err(A::Error::duplicate_field("identities"));
             }
@@ -392,10 +396,10 @@ mod tests {
         assert!(e.contains("duplicate field `identities`"), "{e}");
         let e = parse(r#"{"identities": []} trailing"#).unwrap_err().message;
         assert!(e.contains("trailing"), "{e}");
-        let e = parse_inventory(&name(), "colour = 1\n", "inv.toml", false)
+        let e = parse_inventory(&name(), "\n\ncolour = 1\n", "inv.toml", false)
             .unwrap_err()
             .message;
-        assert!(e.contains("line 1") && e.contains("colour"), "{e}");
+        assert!(e.contains("line 3") && e.contains("colour"), "{e}");
     }
 
     /// Every string field of one identity, by its path in the document.
