@@ -779,11 +779,13 @@ impl Engine {
             identity_id: q.identity_id.clone(),
             after: cursor::decode(q.cursor.as_deref(), &hash)?,
         };
-        let batch = u32::try_from(limit + 1).unwrap_or(u32::MAX);
+        // At least a hundred rows a read: a caller who may see few proposals is served in few
+        // reads (the walk costs what it skips, like a filtered identity page).
+        let batch = u32::try_from((limit + 1).max(100)).unwrap_or(u32::MAX);
         let mut items = Vec::with_capacity(limit + 1);
         loop {
             let read = self.store.list_proposals(&filter, batch).await?;
-            let exhausted = read.len() < limit + 1;
+            let exhausted = read.len() < batch as usize;
             filter.after = read.last().map(|p| p.body.id.to_string());
             items.extend(read.into_iter().filter(|p| keep(p)));
             if items.len() > limit || exhausted {
