@@ -92,19 +92,12 @@ impl AwsIamProvider {
                 .try_collect()
                 .await
                 .map_err(|e| self.read_err("ListUserPolicies", e))?;
-            let mut out = Vec::with_capacity(names.len());
-            for policy in names {
-                let doc = self
-                    .iam
-                    .get_user_policy()
-                    .user_name(name)
-                    .policy_name(&policy)
-                    .send()
-                    .await
-                    .map_err(|e| self.read_err("GetUserPolicy", e))?;
-                out.push(inline_detail(policy, doc.policy_document));
-            }
-            Ok::<_, ProviderError>(out)
+            self.inline_policies("GetUserPolicy", names, |policy| async move {
+                let out = self.iam.get_user_policy().user_name(name);
+                let out = out.policy_name(policy).send().await?;
+                Ok(out.policy_document)
+            })
+            .await
         };
         let groups = self
             .iam
@@ -191,18 +184,13 @@ impl AwsIamProvider {
             .try_collect()
             .await
             .map_err(|e| self.read_err("ListRolePolicies", e))?;
-        let mut inline = Vec::with_capacity(names.len());
-        for policy in names {
-            let doc = self
-                .iam
-                .get_role_policy()
-                .role_name(name)
-                .policy_name(&policy)
-                .send()
-                .await
-                .map_err(|e| self.read_err("GetRolePolicy", e))?;
-            inline.push(inline_detail(policy, doc.policy_document));
-        }
+        let inline = self
+            .inline_policies("GetRolePolicy", names, |policy| async move {
+                let out = self.iam.get_role_policy().role_name(name);
+                let out = out.policy_name(policy).send().await?;
+                Ok(out.policy_document)
+            })
+            .await?;
         let mut details = Details::default();
         let arns = attached
             .iter()
@@ -248,6 +236,27 @@ impl AwsIamProvider {
         }
     }
 
+    /// The inline policies `names` of one user, role or group, each with the document `get`
+    /// reads (the kind's `Get*Policy`, named `op` in errors), as the account-wide read lists
+    /// them.
+    async fn inline_policies<E, Fut>(
+        &self,
+        op: &str,
+        names: Vec<String>,
+        get: impl Fn(String) -> Fut,
+    ) -> Result<Vec<aws_sdk_iam::types::PolicyDetail>, ProviderError>
+    where
+        E: ProvideErrorMetadata,
+        Fut: std::future::Future<Output = Result<String, SdkError<E, HttpResponse>>>,
+    {
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let document = get(name.clone()).await.map_err(|e| self.read_err(op, e))?;
+            out.push(inline_detail(name, document));
+        }
+        Ok(out)
+    }
+
     /// One group's attached policies and inline documents.
     async fn group_policies(&self, group: &str) -> Result<GroupPolicies, ProviderError> {
         let managed: Vec<_> = self
@@ -270,18 +279,13 @@ impl AwsIamProvider {
             .try_collect()
             .await
             .map_err(|e| self.read_err("ListGroupPolicies", e))?;
-        let mut inline = Vec::with_capacity(names.len());
-        for policy in names {
-            let doc = self
-                .iam
-                .get_group_policy()
-                .group_name(group)
-                .policy_name(&policy)
-                .send()
-                .await
-                .map_err(|e| self.read_err("GetGroupPolicy", e))?;
-            inline.push(inline_detail(policy, doc.policy_document));
-        }
+        let inline = self
+            .inline_policies("GetGroupPolicy", names, |policy| async move {
+                let out = self.iam.get_group_policy().group_name(group);
+                let out = out.policy_name(policy).send().await?;
+                Ok(out.policy_document)
+            })
+            .await?;
         Ok(GroupPolicies {
             managed: managed
                 .iter()
