@@ -188,7 +188,7 @@ fn report(source: &str, runs: &[Run], calls: usize) {
         println!("{line}");
     }
     let mut load = "| RSS after load, MiB |".to_owned();
-    let mut all = "| RSS after every case, MiB |".to_owned();
+    let mut all = "| RSS after the calls above (before the restart), MiB |".to_owned();
     for run in runs {
         let _ = write!(load, " {:.0} |", run.rss_after_load);
         let _ = write!(all, " {:.0} |", run.rss_after_all);

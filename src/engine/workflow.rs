@@ -779,13 +779,16 @@ impl Engine {
             identity_id: q.identity_id.clone(),
             after: cursor::decode(q.cursor.as_deref(), &hash)?,
         };
-        // At least a hundred rows a read: a caller who may see few proposals is served in few
-        // reads (the walk costs what it skips, like a filtered identity page).
-        let batch = u32::try_from((limit + 1).max(100)).unwrap_or(u32::MAX);
+        // One page and one more row first; each read after that twice as many, up to 500, so a
+        // caller who may see few proposals is served in few reads (the walk costs what it
+        // skips, like a filtered identity page).
+        let mut batch = limit + 1;
         let mut items = Vec::with_capacity(limit + 1);
         loop {
-            let read = self.store.list_proposals(&filter, batch).await?;
-            let exhausted = read.len() < batch as usize;
+            let rows = u32::try_from(batch).unwrap_or(u32::MAX);
+            let read = self.store.list_proposals(&filter, rows).await?;
+            let exhausted = read.len() < batch;
+            batch = (batch * 2).clamp(limit + 1, 500.max(limit + 1));
             filter.after = read.last().map(|p| p.body.id.to_string());
             items.extend(read.into_iter().filter(|p| keep(p)));
             if items.len() > limit || exhausted {

@@ -342,7 +342,10 @@ impl Provider for AwsIamProvider {
                     .map(|r| r.eval_action_name().to_owned())
                     .collect();
                 if denied.is_empty() {
-                    lines.push("its policies allow listing, rotating and revoking".to_owned());
+                    lines.push(
+                        "its policies allow listing, reading one identity, rotating and revoking"
+                            .to_owned(),
+                    );
                 } else {
                     lines.push(format!(
                         "cannot, by its policies: {} (what needs them fails)",

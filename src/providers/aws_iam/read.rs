@@ -68,8 +68,8 @@ impl AwsIamProvider {
             Err(e) if e.code() == Some("NoSuchEntity") => return Ok(None),
             Err(e) => return Err(self.sdk_err("GetUser", e)),
         };
-        // Out of the configured path: not this provider's, and not worth the calls below
-        // (which path-scoped permissions would refuse).
+        // Out of the configured path: not this provider's, and not worth the calls below.
+        // (With permissions scoped to the path, `GetUser` itself is refused first.)
         if !self.in_scope(Some(user.path())) {
             return Ok(None);
         }
@@ -367,7 +367,8 @@ impl AwsIamProvider {
                 .access_key_id(key_id)
                 .send()
                 .await
-                .map_err(|e| self.sdk_err("GetAccessKeyLastUsed", e))?;
+                // A key deleted since it was listed (a rotation finishing): read again.
+                .map_err(|e| self.read_err("GetAccessKeyLastUsed", e))?;
             out.push(Credential {
                 id: CredentialId::parse(key_id).map_err(|e| self.refused(e.0))?,
                 kind: CredentialKind::AccessKey,
