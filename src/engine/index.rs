@@ -345,6 +345,13 @@ impl Snapshot {
 
     /// Every potential finding, in findings order.
     pub fn findings(&self, thresholds: &Thresholds) -> &[Potential] {
+        if let Some(all) = self.findings.get() {
+            return all;
+        }
+        super::long_running(|| self.build_findings(thresholds))
+    }
+
+    fn build_findings(&self, thresholds: &Thresholds) -> &[Potential] {
         self.findings.get_or_init(|| {
             let mut all: Vec<Potential> = self
                 .entries
@@ -392,6 +399,21 @@ impl Snapshot {
                 return Arc::clone(v);
             }
         }
+        let visible = super::long_running(|| self.count_visible(thresholds, readable));
+        let mut kept = self.visible.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() >= VISIBLE_KEPT {
+            kept.remove(0);
+        }
+        kept.push((Arc::clone(key), Arc::clone(&visible)));
+        visible
+    }
+
+    /// One pass over every potential finding, deciding each identity once.
+    fn count_visible(
+        &self,
+        thresholds: &Thresholds,
+        readable: impl Fn(&Entry) -> bool,
+    ) -> Arc<Visible> {
         let mut visible = Visible::default();
         let mut decided: HashMap<usize, bool> = HashMap::new();
         for p in self.findings(thresholds) {
@@ -410,13 +432,7 @@ impl Snapshot {
         for starts in visible.timed.values_mut() {
             starts.sort();
         }
-        let visible = Arc::new(visible);
-        let mut kept = self.visible.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() >= VISIBLE_KEPT {
-            kept.remove(0);
-        }
-        kept.push((Arc::clone(key), Arc::clone(&visible)));
-        visible
+        Arc::new(visible)
     }
 
     /// Whether this snapshot's potential finding `a` comes before `b` of `other` in the

@@ -443,9 +443,66 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `work`, which may take long (a walk or a build over a whole inventory: a principal's
+/// first findings summary decides the policy for every identity with a finding, seconds at a
+/// million), without holding up the other tasks of the runtime worker it runs on: on a
+/// multi-thread runtime (the server's) the worker hands them to another thread for the while;
+/// on a current-thread runtime it just runs.
+pub(crate) fn long_running<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Other tasks of the same worker go on while long work runs, on a one-worker
+    /// multi-thread runtime; on a current-thread runtime the work simply runs.
+    #[test]
+    fn long_work_does_not_hold_up_the_worker_it_runs_on() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let during = rt.block_on({
+            let ticks = Arc::clone(&ticks);
+            async move {
+                let ticker = tokio::spawn({
+                    let ticks = Arc::clone(&ticks);
+                    async move {
+                        loop {
+                            ticks.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        }
+                    }
+                });
+                // Let the ticker start, then block this worker for a while.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                let during = tokio::spawn(async move {
+                    long_running(|| {
+                        let before = ticks.load(Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                        ticks.load(Ordering::SeqCst) - before
+                    })
+                })
+                .await
+                .expect("long work");
+                ticker.abort();
+                during
+            }
+        });
+        assert!(during >= 10, "the other task ran {during} times meanwhile");
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        assert_eq!(current.block_on(async { long_running(|| 7) }), 7);
+    }
 
     /// Issue 8: an approval token is gone from a `Caller` as soon as it is built, under its own
     /// name, a mistyped one or no name at all; the audit digest is still of what was sent.
