@@ -303,12 +303,16 @@ pub(super) struct Indexed<'a> {
 
 impl Snapshot {
     /// The index of `identities` (any order; a later duplicate id replaces an earlier one).
+    /// A whole inventory's build (a sort of every entry: about a second at a million) runs in
+    /// `long_running`.
     pub fn build<I: Into<Arc<Identity>>>(identities: impl IntoIterator<Item = I>) -> Self {
-        Self::from_entries(
-            identities
-                .into_iter()
-                .map(|i| Arc::new(Entry::new(i.into()))),
-        )
+        super::long_running(|| {
+            Self::from_entries(
+                identities
+                    .into_iter()
+                    .map(|i| Arc::new(Entry::new(i.into()))),
+            )
+        })
     }
 
     fn from_entries(entries: impl IntoIterator<Item = Arc<Entry>>) -> Self {
