@@ -323,20 +323,13 @@ async fn seed_iam(url: &str, n: usize, path: &str, reset: bool) -> anyhow::Resul
             .error_for_status()
             .context("reset moto")?;
     }
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(http)
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(url)
-        .credentials_provider(aws_sdk_iam::config::Credentials::new(
-            "testing", "testing", None, None, "bench",
-        ))
-        .load()
-        .await;
+    // The provider's own SDK set-up; the parent gave this process moto's test credentials.
+    let sdk = nhi_mcp::providers::aws::sdk_config(&nhi_mcp::config::AwsEndpoint {
+        region: Some("us-east-1".to_owned()),
+        endpoint_url: Some(url.to_owned()),
+        ..Default::default()
+    })
+    .await;
     let iam = aws_sdk_iam::Client::new(&sdk);
     let tag = |k: &str, v: &str| aws_sdk_iam::types::Tag::builder().key(k).value(v).build();
     let started = Instant::now();

@@ -363,11 +363,10 @@ impl Snapshot {
                 .enumerate()
                 .flat_map(|(at, e)| potential_findings(&e.identity, thresholds, at))
                 .collect();
-            let identity = |p: &Potential| &*self.entries[p.entry].identity;
             all.sort_by(|a, b| {
                 a.rank
                     .cmp(&b.rank)
-                    .then_with(|| a.id(identity(a)).cmp(b.id(identity(b))))
+                    .then_with(|| a.id(self.identity_of(a)).cmp(b.id(self.identity_of(b))))
             });
             all
         })
@@ -381,7 +380,7 @@ impl Snapshot {
     ) -> Box<dyn Iterator<Item = (&'s Snapshot, &'s Potential)> + Send + 's> {
         let all = self.findings(thresholds);
         let start = after.map_or(0, |a| {
-            all.partition_point(|p| !key_after(p.rank, p.id(&self.entries[p.entry].identity), a))
+            all.partition_point(|p| !key_after(p.rank, p.id(self.identity_of(p)), a))
         });
         Box::new(all[start..].iter().map(move |p| (self, p)))
     }
@@ -443,12 +442,15 @@ impl Snapshot {
     /// findings order: rank, then id.
     pub fn before(&self, a: &Potential, other: &Snapshot, b: &Potential) -> bool {
         match a.rank.cmp(&b.rank) {
-            std::cmp::Ordering::Equal => match (self.entry(a.entry), other.entry(b.entry)) {
-                (Some(x), Some(y)) => a.id(&x.identity).lt(b.id(&y.identity)),
-                _ => false,
-            },
+            std::cmp::Ordering::Equal => a.id(self.identity_of(a)).lt(b.id(other.identity_of(b))),
             order => order.is_lt(),
         }
+    }
+
+    /// The identity a potential finding of this snapshot is about (`entry` is a position in
+    /// this snapshot, by construction).
+    fn identity_of(&self, p: &Potential) -> &Identity {
+        &self.entries[p.entry].identity
     }
 
     pub fn entry(&self, at: usize) -> Option<&Arc<Entry>> {

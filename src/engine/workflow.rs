@@ -788,7 +788,7 @@ impl Engine {
             let rows = u32::try_from(batch).unwrap_or(u32::MAX);
             let read = self.store.list_proposals(&filter, rows).await?;
             let exhausted = read.len() < batch;
-            batch = (batch * 2).clamp(limit + 1, 500.max(limit + 1));
+            batch = (batch * 2).min(500).max(limit + 1);
             filter.after = read.last().map(|p| p.body.id.to_string());
             items.extend(read.into_iter().filter(|p| keep(p)));
             if items.len() > limit || exhausted {

@@ -67,6 +67,15 @@ pub enum Store {
 /// Audit records per `INSERT` statement (16 bound values each, under SQLite's 32,766).
 const AUDIT_ROWS_PER_INSERT: usize = 512;
 
+/// The open statuses as an SQL list, written out as the partial index `proposals_one_open`
+/// has them (SQLite uses that index only for the same literal condition); the test
+/// `the_open_statuses_in_sql_are_the_open_ones` holds it to `ProposalStatus::is_open`.
+macro_rules! open_statuses {
+    () => {
+        "('pending_approval', 'approved', 'applying')"
+    };
+}
+
 pub struct Tx {
     inner: sqlx::Transaction<'static, sqlx::Sqlite>,
 }
@@ -149,8 +158,7 @@ impl Store {
             query.push(" AND status = ").push_bind(status.as_str());
         }
         if filter.open {
-            // The same literal list as the partial index `proposals_one_open`.
-            query.push(" AND status IN ('pending_approval', 'approved', 'applying')");
+            query.push(concat!(" AND status IN ", open_statuses!()));
         }
         if let Some(identity) = &filter.identity_id {
             query
@@ -342,10 +350,11 @@ impl Tx {
 
     /// The open proposal for the same change, if there is one.
     pub async fn open_proposal_for(&mut self, body: &ProposalBody) -> Result<Option<Proposal>> {
-        let row = sqlx::query(
+        let row = sqlx::query(concat!(
             "SELECT id FROM proposals WHERE identity_id = $1 AND action = $2 AND credential_id = $3
-             AND status IN ('pending_approval', 'approved', 'applying')",
-        )
+             AND status IN ",
+            open_statuses!()
+        ))
         .bind(body.identity_id.as_str())
         .bind(body.action.as_str())
         .bind(body.credential_id.as_ref().map_or("", |c| c.as_str()))
@@ -811,6 +820,16 @@ mod tests {
         };
         let first = store.list_proposals(&all, 3).await.expect("all");
         assert!(first.iter().all(|p| !p.status.is_open()));
+    }
+
+    #[test]
+    fn the_open_statuses_in_sql_are_the_open_ones() {
+        let open: Vec<String> = ProposalStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_open())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        assert_eq!(open_statuses!(), format!("({})", open.join(", ")));
     }
 
     #[test]

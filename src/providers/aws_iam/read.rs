@@ -26,11 +26,7 @@ impl AwsIamProvider {
                 .extend(page.role_detail_list().iter().cloned());
             for g in page.group_detail_list() {
                 let docs = documents(g.group_policy_list());
-                let names = g
-                    .attached_managed_policies()
-                    .iter()
-                    .filter_map(|p| p.policy_arn().map(str::to_owned))
-                    .collect::<Vec<_>>();
+                let names = arns(g.attached_managed_policies());
                 details.groups.insert(
                     g.group_name().unwrap_or_default().to_owned(),
                     GroupPolicies {
@@ -122,19 +118,16 @@ impl AwsIamProvider {
         )
         .await?;
         let mut details = Details::default();
-        let mut arns: Vec<String> = attached
-            .iter()
-            .filter_map(|p| p.policy_arn().map(str::to_owned))
-            .collect();
+        let mut managed = arns(&attached);
         let mut group_names = Vec::with_capacity(groups.len());
         for group in &groups {
             let g = group.group_name().to_owned();
             let policies = self.group_policies(&g).await?;
-            arns.extend(policies.managed.iter().cloned());
+            managed.extend(policies.managed.iter().cloned());
             details.groups.insert(g.clone(), policies);
             group_names.push(g);
         }
-        self.customer_managed_docs(arns, &mut details).await?;
+        self.customer_managed_docs(managed, &mut details).await?;
         details.users.push(
             aws_sdk_iam::types::UserDetail::builder()
                 .set_path(Some(user.path().to_owned()))
@@ -192,11 +185,8 @@ impl AwsIamProvider {
             })
             .await?;
         let mut details = Details::default();
-        let arns = attached
-            .iter()
-            .filter_map(|p| p.policy_arn().map(str::to_owned))
-            .collect();
-        self.customer_managed_docs(arns, &mut details).await?;
+        self.customer_managed_docs(arns(&attached), &mut details)
+            .await?;
         details.roles.push(
             aws_sdk_iam::types::RoleDetail::builder()
                 .set_path(Some(role.path().to_owned()))
@@ -287,10 +277,7 @@ impl AwsIamProvider {
             })
             .await?;
         Ok(GroupPolicies {
-            managed: managed
-                .iter()
-                .filter_map(|p| p.policy_arn().map(str::to_owned))
-                .collect(),
+            managed: arns(&managed),
             inline: documents(&inline),
         })
     }
@@ -538,6 +525,14 @@ pub(super) struct Details {
 pub(super) struct GroupPolicies {
     pub(super) managed: Vec<String>,
     pub(super) inline: Vec<(String, Option<serde_json::Value>)>,
+}
+
+/// The ARNs of attached policies.
+fn arns(attached: &[aws_sdk_iam::types::AttachedPolicy]) -> Vec<String> {
+    attached
+        .iter()
+        .filter_map(|p| p.policy_arn().map(str::to_owned))
+        .collect()
 }
 
 /// An inline policy as `GetAccountAuthorizationDetails` lists it.

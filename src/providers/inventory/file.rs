@@ -135,7 +135,7 @@ struct RawCredential {
     status: CredentialStatus,
 }
 
-/// Parses an inventory for provider `name`; `origin` names the file in errors.
+/// Parses an inventory for provider `name`, sorted by id; `origin` names the file in errors.
 pub fn parse_inventory(
     name: &ProviderName,
     text: &str,
@@ -195,8 +195,6 @@ pub fn parse_inventory(
             }
         }
     }
-    drop((ids, creds));
-    out.shrink_to_fit();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
 }

